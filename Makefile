@@ -1,0 +1,25 @@
+# Two commands do all set-up:  `make demo`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch from the local wheel first, so nothing pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,train]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sculptorgan demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q Testing
+
+clean:
+	rm -rf $(VENV) demo_output
