@@ -1,0 +1,56 @@
+"""The built-in demo: a thick-slice phantom with missing slices through the whole pipeline,
+scored against the phantom's thin-slice ground truth."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .phantom import drop_slices, make_phantom, thick_slices
+from .pipeline import PipelineOptions, PipelineResult, run_pipeline
+from .volume import CTVolume, LabelVolume
+
+DEMO_FACTOR = 2
+DEMO_MISSING = (13, 29)
+
+
+def demo_inputs(seed: int = 0) -> tuple[CTVolume, CTVolume, LabelVolume]:
+    """(thick input with missing slices, thin ground-truth CT, thin ground-truth labels)."""
+    truth_ct, truth_labels = make_phantom(seed=seed)
+    thick = drop_slices(thick_slices(truth_ct, DEMO_FACTOR), DEMO_MISSING)
+    thick.name = "phantom_thick"
+    return thick, truth_ct, truth_labels
+
+
+def score_against_truth(result: PipelineResult, truth_ct: CTVolume, truth_labels: LabelVolume) -> dict:
+    """PSNR/MAE of the restored CT and Dice of the segmentation against the thin ground truth."""
+    scores: dict = {}
+    n = min(result.ct.shape[0], truth_ct.shape[0])
+    if result.ct.shape[1:] == truth_ct.shape[1:]:
+        diff = np.clip(result.ct.array[:n], -1024, 3071) - np.clip(truth_ct.array[:n], -1024, 3071)
+        mse = float(np.mean(diff ** 2))
+        scores["ct_psnr_db"] = round(10 * np.log10(4095.0 ** 2 / max(mse, 1e-12)), 2)
+        scores["ct_mae_hu"] = round(float(np.abs(diff).mean()), 2)
+    if result.labels is not None and result.labels.shape[1:] == truth_labels.shape[1:]:
+        pred, gt = result.labels.array[:n], truth_labels.array[:n]
+        for value, name in truth_labels.labels.items():
+            p, g = pred == value, gt == value
+            denom = p.sum() + g.sum()
+            scores[f"dice_{name}"] = round(float(2 * (p & g).sum() / denom), 4) if denom else None
+    return scores
+
+
+def run_demo(out_dir: Path, device: str = "auto", progress=None, cancel=None) -> tuple[Path, dict]:
+    """Run the demo into ``out_dir``; returns the report path and the scores."""
+    from .results import write_results
+
+    thick, truth_ct, truth_labels = demo_inputs()
+    options = PipelineOptions(factor=DEMO_FACTOR, device=device)
+    result = run_pipeline(thick, options, progress=progress, cancel=cancel)
+    scores = score_against_truth(result, truth_ct, truth_labels)
+    extra = {"demo": {"input": f"synthetic phantom, {thick.shape[0]} slices of {thick.spacing[2]} mm, "
+                               f"slices {list(DEMO_MISSING)} missing; truth at {truth_ct.spacing[2]} mm",
+                      "scores_vs_ground_truth": scores}}
+    report = write_results(result, out_dir, source="built-in phantom", extra_report=extra,
+                           extra_volumes={"demo_input_thick.nii.gz": thick, "ground_truth_labels.nii.gz": truth_labels})
+    return report, scores

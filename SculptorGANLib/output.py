@@ -1,0 +1,72 @@
+"""All-or-nothing output: write into a hidden staging folder, move into place only when complete."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError, OutputError
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail early, with a clear message, when ``out_dir`` cannot become an output folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is a file; the output must be a folder")
+    parent = out_dir if out_dir.exists() else next(p for p in out_dir.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir}: no permission to write in {parent}")
+
+
+def check_not_input(output: Path, *inputs: Path) -> None:
+    """Refuse to write over any of the user's inputs."""
+    for source in inputs:
+        if source is not None and source.exists() and output.exists() and output.resolve() == source.resolve():
+            raise InputError(f"{output}: is also the input; choose another output so the input stays untouched")
+
+
+@contextlib.contextmanager
+def staged_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder; on success its files are moved into ``out_dir``, on error it is removed."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.absolute().parent))
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot be created ({exc.strerror})") from None
+    try:
+        yield staging
+        out_dir.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            target = out_dir / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    except PermissionError as exc:
+        raise OutputError(f"{out_dir}: no permission to write ({exc.strerror})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); it replaces ``path`` only on success."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; an output file name is needed")
+    check_output_dir(path.parent if str(path.parent) else Path("."))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name
+    suffix = ".seg.nrrd" if name.lower().endswith(".seg.nrrd") else ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
+    tmp = path.parent / f".{name[:len(name) - len(suffix)]}.partial-{os.getpid()}{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except PermissionError as exc:
+        raise OutputError(f"{path}: no permission to write ({exc.strerror})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,137 @@
+"""The stages wired together: interpolate → segment → surfaces, with progress and cancellation.
+
+Everything works on in-memory volumes; reading inputs and writing outputs happen in the callers
+(CLI, Slicer module). Progress is reported as ``progress(fraction 0–1, message)``; ``cancel()``
+returning True stops the run between (and, where the stage supports it, inside) stages.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import CancelledError, SculptorGANError
+from .volume import CTVolume, LabelVolume
+
+STEPS = ("interpolate", "segment", "surfaces")
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+#: Share of the progress bar given to each stage.
+_STAGE_WEIGHT = {"interpolate": 0.3, "segment": 0.55, "surfaces": 0.15}
+
+
+@dataclass
+class PipelineOptions:
+    """What to run and how; defaults are what a user gets without options."""
+
+    steps: tuple[str, ...] = STEPS
+    factor: int | None = None
+    target_spacing: float | None = None
+    fill_missing: bool = True
+    interpolation_method: str | None = None  # None: the best available (GAN when its weights ship)
+    segmentation_model: str | None = None    # None: the shipped default
+    device: str = "auto"
+    smoothing: float = 0.5
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise SculptorGANError(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+        if self.factor is not None and self.target_spacing is not None:
+            raise SculptorGANError("give either --factor or --target-spacing, not both")
+        if self.factor is not None and self.factor < 1:
+            raise SculptorGANError(f"factor must be a positive integer, got {self.factor}")
+        if self.target_spacing is not None and self.target_spacing <= 0:
+            raise SculptorGANError(f"target spacing must be positive, got {self.target_spacing}")
+        if not 0 <= self.smoothing <= 1:
+            raise SculptorGANError(f"smoothing must be between 0 and 1, got {self.smoothing}")
+
+
+@dataclass
+class PipelineResult:
+    """What a run produced, with what ran and how long it took."""
+
+    input: CTVolume
+    ct: CTVolume
+    labels: LabelVolume | None = None
+    meshes: dict[str, Any] = field(default_factory=dict)
+    measurements: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _StageProgress:
+    """Maps a stage's own 0–1 progress onto the overall bar."""
+
+    def __init__(self, progress: ProgressFn | None, start: float, weight: float):
+        self.progress, self.start, self.weight = progress, start, weight
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        if self.progress:
+            self.progress(self.start + self.weight * min(max(fraction, 0.0), 1.0), message)
+
+
+def _check_cancel(cancel: CancelFn | None) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("cancelled by the user")
+
+
+def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[CTVolume, dict]:
+    from .interpolation import interpolate
+
+    needs_work = options.factor not in (None, 1) or options.target_spacing is not None or (
+        options.fill_missing and ct.missing_slices)
+    if not needs_work:
+        return ct, {"method": "none (no factor, target spacing or missing slices given)"}
+    kwargs: dict[str, Any] = dict(factor=options.factor, target_spacing=options.target_spacing,
+                                  fill_missing=options.fill_missing, device=options.device,
+                                  progress=progress, cancel=cancel)
+    if options.interpolation_method:
+        kwargs["method"] = options.interpolation_method
+    return interpolate(ct, **kwargs)
+
+
+def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[LabelVolume, dict]:
+    from .segmentation import segment
+
+    return segment(ct, model=options.segmentation_model, device=options.device, progress=progress, cancel=cancel)
+
+
+def _run_surfaces(labels: LabelVolume, ct: CTVolume, options: PipelineOptions) -> tuple[dict, dict, dict]:
+    from .measure import measure_structures
+    from .surfaces import labelmap_to_meshes
+
+    meshes = labelmap_to_meshes(labels, ct.array if ct.same_grid(labels) else None, smoothing=options.smoothing)
+    measurements = measure_structures(labels, meshes, ct.array if ct.same_grid(labels) else None)
+    info = {"method": "discrete flying edges + windowed-sinc smoothing (VTK)", "smoothing": options.smoothing,
+            "structures": sorted(meshes)}
+    return meshes, measurements, info
+
+
+def run_pipeline(ct: CTVolume, options: PipelineOptions | None = None, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None) -> PipelineResult:
+    """Run the chosen steps on ``ct`` (never modified) and return everything they produced."""
+    options = options or PipelineOptions()
+    result = PipelineResult(input=ct, ct=ct)
+    steps = [s for s in STEPS if s in options.steps]
+    total = sum(_STAGE_WEIGHT[s] for s in steps) or 1.0
+    done = 0.0
+    for step in steps:
+        _check_cancel(cancel)
+        stage_progress = _StageProgress(progress, done / total, _STAGE_WEIGHT[step] / total)
+        stage_progress(0.0, f"{step}…")
+        started = time.perf_counter()
+        if step == "interpolate":
+            result.ct, result.methods[step] = _run_interpolate(result.ct, options, stage_progress, cancel)
+        elif step == "segment":
+            result.labels, result.methods[step] = _run_segment(result.ct, options, stage_progress, cancel)
+        elif step == "surfaces":
+            if result.labels is None:
+                raise SculptorGANError("the surfaces step needs a segmentation: add the segment step")
+            result.meshes, result.measurements, result.methods[step] = _run_surfaces(result.labels, result.ct, options)
+        result.timings[step] = round(time.perf_counter() - started, 3)
+        done += _STAGE_WEIGHT[step]
+        stage_progress(1.0, f"{step} done")
+    if progress:
+        progress(1.0, "done")
+    return result
