@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, OutputError
+from .nifti_check import check_nifti
 from .volume import CTVolume, Geometry, LabelVolume, Volume
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -92,7 +93,10 @@ def read_ct(path: str | os.PathLike) -> CTVolume:
         return read_dicom_series(path)
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: not readable (permission denied)")
-    array, image = _checked_array(_read_file(path), path)
+    image = _read_file(path)
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti(path)
+    array, image = _checked_array(image, path)
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
@@ -111,7 +115,10 @@ def read_labels(path: str | os.PathLike) -> LabelVolume:
         from .segfile import read_seg_nrrd
 
         return read_seg_nrrd(path)
-    array, image = _checked_array(_read_file(path), path)
+    image = _read_file(path)
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti(path)
+    array, image = _checked_array(image, path)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.isfinite(array).all() or not np.allclose(array, np.round(array)):
             raise InputError(f"{path}: is not a labelmap (non-integer voxel values)")

@@ -1,0 +1,37 @@
+"""Shared fixtures: small phantoms and geometry helpers (no real data or GPU needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """A 48×64×64 phantom at 5 mm (thin truth) — fast enough for end-to-end tests."""
+    from SculptorGANLib.phantom import make_phantom
+
+    return make_phantom(shape=(48, 64, 64), spacing=(5.0, 5.0, 5.0), seed=3)
+
+
+@pytest.fixture
+def oblique_geometry():
+    from SculptorGANLib.volume import Geometry
+
+    a, b = np.deg2rad(20), np.deg2rad(10)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return Geometry((0.8, 0.9, 2.5), (-120.5, 33.0, 410.25), rz @ rx)
+
+
+def shared_data(*parts: str) -> Path:
+    """Path into ../shared/data, skipping the test when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
