@@ -1,0 +1,90 @@
+"""The sculptorgan command: demo outputs, run on a file, stage sub-commands, help texts."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from SculptorGANLib.cli import build_parser, main
+from SculptorGANLib.io import read_ct, read_labels, write_volume
+from SculptorGANLib.phantom import thick_slices
+
+COMMANDS = ["demo", "run", "interpolate", "segment", "surfaces", "evaluate", "models"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: sculptorgan " + command in capsys.readouterr().out
+
+
+def test_parser_lists_all_commands():
+    choices = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert set(COMMANDS) <= set(choices)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "result"
+    result = subprocess.run([sys.executable, "-m", "SculptorGANLib", "demo", "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"Results in {out}" in result.stdout
+    return out
+
+
+def test_demo_writes_every_output(demo_dir):
+    names = {p.name for p in demo_dir.iterdir()}
+    expected = {"ct.nii.gz", "segmentation.nii.gz", "segmentation.seg.nrrd", "kidney_left.stl",
+                "kidney_right.stl", "tumor.stl", "report.json", "preview.png", "measurements.csv"}
+    assert expected <= names, expected - names
+    assert not [n for n in names if "partial" in n]
+
+
+def test_demo_report_and_geometry(demo_dir):
+    report = json.loads((demo_dir / "report.json").read_text())
+    for key in ("input", "steps", "methods", "device", "timings_s", "volumes_ml", "software", "measurements"):
+        assert key in report
+    assert report["input"]["spacing"][2] == 5.0 and report["output_volume"]["spacing"][2] == 2.5
+    assert report["input"]["missing_slices"]
+    ct = read_ct(demo_dir / "ct.nii.gz")
+    labels = read_labels(demo_dir / "segmentation.nii.gz")
+    seg = read_labels(demo_dir / "segmentation.seg.nrrd")
+    assert ct.same_grid(labels) and ct.same_grid(seg)
+    assert set(seg.labels.values()) >= {"kidney_left", "kidney_right"}
+    assert set(np.unique(labels.array)) <= {0, 1, 2}
+    assert report["volumes_ml"]["kidney_left"] > 50
+    scores = report["demo"]["scores_vs_ground_truth"]
+    assert scores["dice_kidney"] > 0.8
+    assert (demo_dir / "preview.png").stat().st_size > 10_000
+
+
+def test_run_and_stage_commands_on_a_file(tmp_path, small_phantom, capsys):
+    ct, _ = small_phantom
+    src = write_volume(thick_slices(ct, 2), tmp_path / "thick.nrrd")
+    snapshot = src.read_bytes()
+    assert main(["run", str(src), "--out", str(tmp_path / "run"), "--factor", "2", "--format", "obj",
+                 "--nrrd", "--device", "cpu", "--quiet"]) == 0
+    assert (tmp_path / "run" / "kidney_left.obj").exists() and (tmp_path / "run" / "ct.nrrd").exists()
+    assert main(["interpolate", str(src), str(tmp_path / "thin.nii.gz"), "--target-spacing", "2.5",
+                 "--method", "linear", "--quiet"]) == 0
+    thin = read_ct(tmp_path / "thin.nii.gz")
+    assert thin.spacing[2] == pytest.approx(2.5) and thin.shape[0] == (ct.shape[0] // 2 - 1) * 4 + 1
+    assert main(["segment", str(src), str(tmp_path / "seg.seg.nrrd"), "--quiet"]) == 0
+    assert main(["surfaces", str(tmp_path / "run" / "segmentation.nii.gz"), str(tmp_path / "models"),
+                 "--ct", str(tmp_path / "run" / "ct.nii.gz"), "--ras", "--quiet"]) == 0
+    assert (tmp_path / "models" / "kidney_right.stl").exists()
+    assert src.read_bytes() == snapshot
+    out = capsys.readouterr().out
+    assert "kidney_left" in out
+
+
+def test_models_command_lists_cards(capsys):
+    assert main(["models", "--json"]) == 0
+    cards = json.loads(capsys.readouterr().out)
+    assert all({"name", "task", "sha256"} <= set(c) for c in cards)
