@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import vtk
+from scipy import ndimage
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from .anatomy import body_midline_x, component_centroids, physical_x
+from .anatomy import body_midline_x, physical_x
 from .mesh_export import MESH_FORMATS, write_mesh, write_meshes  # noqa: F401  (public re-export)
 from .meshutil import add_point_normals, compact, mesh_arrays, polydata_from_arrays, signed_volume_mm3
 from .shape_interpolation import shape_interpolate, shape_interpolate_labels, thick_axis, upsample_factor
@@ -59,6 +60,17 @@ def shifted_geometry(geometry: Geometry, offset_zyx: np.ndarray) -> Geometry:
     return Geometry(geometry.spacing, tuple(origin), geometry.direction)
 
 
+def _component_centroids(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Like :func:`.anatomy.component_centroids` (26-connectivity, zyx centroids) with bincounts (faster)."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    index = np.nonzero(components)
+    ids = components[index]
+    sizes = np.bincount(ids, minlength=count + 1)[1:]
+    centroids = np.stack([np.bincount(ids, weights=axis_index, minlength=count + 1)[1:] / np.maximum(sizes, 1)
+                          for axis_index in index], axis=1)
+    return components, count, centroids
+
+
 def structure_masks(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each structure as (cropped boolean mask, zyx offset of the crop in the full grid).
 
@@ -76,7 +88,7 @@ def structure_masks(labels: LabelVolume, ct_array: np.ndarray | None = None) -> 
     out: dict[str, np.ndarray] = {}
     kidney = arr == KIDNEY
     if kidney.any():
-        components, count, centroids = component_centroids(kidney)
+        components, count, centroids = _component_centroids(kidney)
         midline = body_midline_x(ct_array, labels.geometry, labels.shape)
         xs = physical_x(crop_geometry, arr.shape, centroids)
         left = np.isin(components, [i + 1 for i in range(count) if xs[i] > midline])
