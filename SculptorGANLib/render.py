@@ -121,11 +121,11 @@ def render_meshes_png(meshes: dict, path: str | Path, size: tuple[int, int] = (6
         renderer.AddActor(actor)
     bounds = renderer.ComputeVisiblePropBounds()
     _camera_anterior(renderer, bounds)
-    renderer.AddActor2D(_text(vtk, "R", (0.02, 0.5)))
-    renderer.AddActor2D(_text(vtk, "L", (0.98, 0.5), right=True))
-    renderer.AddActor2D(_text(vtk, title or "anterior view", (0.02, 0.96), size=14))
+    renderer.AddViewProp(_text(vtk, "R", (0.02, 0.5)))
+    renderer.AddViewProp(_text(vtk, "L", (0.98, 0.5), right=True))
+    renderer.AddViewProp(_text(vtk, title or "anterior view", (0.02, 0.96), size=14))
     for i, name in enumerate(meshes):
-        renderer.AddActor2D(_text(vtk, name.replace("_", " "), (0.02, 0.02 + 0.045 * i),
+        renderer.AddViewProp(_text(vtk, name.replace("_", " "), (0.02, 0.02 + 0.045 * i),
                                   color=tuple(0.8 * c for c in structure_color(name)), size=14))
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
