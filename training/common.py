@@ -2,17 +2,34 @@
 resumable checkpoints and the run record written beside them.
 
 Works as a single process and under ``torchrun`` (DDP): gloo on CPU, nccl on CUDA, chosen automatically.
+
+What a trainer needs to be DDP-correct and exactly resumable, all no-ops in a single process:
+
+* ``init_distributed`` / ``wrap_ddp`` / ``unwrap`` / ``cleanup_distributed``;
+* data: ``make_loader`` (a :class:`ResumableSampler` that shards by rank, reshuffles per epoch from the
+  seed and can skip the batches already done when resuming mid-epoch), ``worker_init_fn``,
+  ``rank_seed``, ``shard`` (see also ``training/cache.py`` for cached preprocessing and patch sampling);
+* agreement between ranks: ``mean_across_ranks``, ``sum_across_ranks`` (exact weighted validation
+  metrics), ``broadcast_object`` (one decision for all ranks, e.g. "time is up"), ``gather_objects``,
+  ``weights_digest`` / ``ranks_agree`` (prove every rank holds the same weights), ``sync_buffers``;
+* exact resume: ``rng_state`` / ``set_rng_state`` for one process, ``gather_rng_states`` /
+  ``restore_rng_states`` for every rank's generators in a checkpoint written by rank 0;
+* mixed precision on CUDA: ``amp_enabled``, ``autocast``, ``grad_scaler``.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import json
 import os
 import random
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,28 +88,58 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (env WORLD_SIZE > 1); else single process."""
+def is_torchrun() -> bool:
+    """True when this process was started by torchrun (or another launcher setting WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (env WORLD_SIZE > 1); else single process.
+
+    ``device``: 'auto' (CUDA when present), 'cuda' (an error without a GPU) or 'cpu' (gloo even on a GPU
+    machine). Each rank takes GPU ``LOCAL_RANK`` (modulo the GPUs it can see); nccl on CUDA, gloo on CPU.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    device = (device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise SystemExit(f"device {device!r}: choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device {device!r} requested but no CUDA GPU is available; use device=cpu or auto")
+    use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        index = int(device.split(":")[1]) if ":" in device and world_size == 1 else local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise SystemExit(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start with torchrun")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """DistributedDataParallel around ``model`` when running distributed."""
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, find_unused_parameters: bool = False,
+             sync_batchnorm: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when running distributed (rank 0's weights are broadcast).
+
+    ``sync_batchnorm`` converts BatchNorm to SyncBatchNorm (CUDA only; on CPU DDP's default buffer
+    broadcast keeps running statistics equal on all ranks). Call the *unwrapped* module (``unwrap``) for
+    forward passes whose parameters get no gradient in that step (e.g. the discriminator inside the
+    generator step of a GAN); a DDP forward whose backward never reaches its parameters leaves the
+    reducer waiting and the next forward fails.
+    """
     if not info.distributed:
         return model
+    if sync_batchnorm and info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                     find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -106,6 +153,66 @@ def mean_across_ranks(value: float, info: DistInfo) -> float:
     tensor = torch.tensor([float(value)], device=info.device, dtype=torch.float64)
     dist.all_reduce(tensor)
     return float(tensor.item()) / info.world_size
+
+
+def sum_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Sum each value over all ranks, e.g. {"loss_sum": ..., "count": ...} for an exact weighted mean."""
+    if not info.distributed or not values:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], device=info.device, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.tolist()))
+
+
+def broadcast_object(value: Any, info: DistInfo, src: int = 0) -> Any:
+    """Rank ``src``'s value on every rank: one decision for all (stop now? prune now? best so far?)."""
+    if not info.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src, device=info.device if info.device.type == "cuda" else None)
+    return box[0]
+
+
+def gather_objects(value: Any, info: DistInfo) -> list:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` in a single process)."""
+    if not info.distributed:
+        return [value]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def weights_digest(model: torch.nn.Module, buffers: bool = False) -> str:
+    """SHA-256 over the parameters (and, with ``buffers``, the buffers): names, dtypes, exact bytes.
+
+    Under DDP the parameters are identical on all ranks after every step; buffers such as BatchNorm
+    running statistics are broadcast from rank 0 at the *start* of each forward, so after the last step
+    each rank holds its own; :func:`sync_buffers` makes them equal."""
+    h = hashlib.sha256()
+    module = unwrap(model)
+    tensors = dict(module.named_parameters())
+    if buffers:
+        tensors.update(module.named_buffers())
+    for name, tensor in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def ranks_agree(model: torch.nn.Module, info: DistInfo, buffers: bool = False) -> bool:
+    """True when every rank holds bit-identical weights (always True in a single process)."""
+    return len(set(gather_objects(weights_digest(model, buffers), info))) == 1
+
+
+@torch.no_grad()
+def sync_buffers(model: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm statistics) to every rank, e.g. before sharded validation."""
+    if not info.distributed:
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer.data, src=src)
 
 
 def barrier(info: DistInfo) -> None:
@@ -127,14 +234,37 @@ def git_revision() -> str:
         return "unknown"
 
 
+def git_dirty() -> bool | None:
+    """True when the working tree has uncommitted changes (the revision alone does not pin the code)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def write_run_record(run_dir: Path, config: dict, data_files: list[str], info: DistInfo) -> None:
-    """config.json, git revision and the data list beside the checkpoints (rank 0 only)."""
+    """run.json: config, git revision, data list, world size, command, beside the checkpoints (rank 0 only).
+
+    On a resumed run the earlier records are kept under ``previous`` (newest last)."""
     if not info.is_main:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"config": config, "git_revision": git_revision(), "world_size": info.world_size,
+    path = run_dir / "run.json"
+    record = {"config": config, "git_revision": git_revision(), "git_dirty": git_dirty(),
+              "world_size": info.world_size, "device": str(info.device), "command": sys.argv,
+              "host": os.uname().nodename if hasattr(os, "uname") else "",
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "data": data_files}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    try:
+        old = json.loads(path.read_text())
+        previous = old.pop("previous", [])
+        record["previous"] = previous + [old]
+    except (OSError, ValueError):
+        pass
+    tmp = run_dir / ".run.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def save_checkpoint(path: Path, state: dict, info: DistInfo) -> None:
@@ -142,8 +272,11 @@ def save_checkpoint(path: Path, state: dict, info: DistInfo) -> None:
     if not info.is_main:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -156,14 +289,120 @@ def load_checkpoint(path: Path, device: torch.device) -> dict | None:
 
 def rng_state() -> dict:
     """Random-generator states, so a resumed run continues exactly like an uninterrupted one."""
-    return {"torch": torch.get_rng_state(), "numpy": json.dumps(np.random.get_state()[1].tolist()),
-            "numpy_pos": int(np.random.get_state()[2]), "python": json.dumps(random.getstate()[1])}
+    state = {"torch": torch.get_rng_state(), "numpy": json.dumps(np.random.get_state()[1].tolist()),
+             "numpy_pos": int(np.random.get_state()[2]), "python": json.dumps(random.getstate()[1])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(("MT19937", np.array(json.loads(state["numpy"]), dtype=np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(json.loads(state["python"])), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def gather_rng_states(info: DistInfo, extra: Any = None) -> list:
+    """Every rank's generator states (plus an ``extra`` per-rank object, e.g. a numpy Generator's
+    ``bit_generator.state`` as JSON), in rank order, for the checkpoint rank 0 writes."""
+    return gather_objects({"rng": rng_state(), "extra": extra}, info)
+
+
+def restore_rng_states(states: list, info: DistInfo) -> Any:
+    """Put back this rank's generators from :func:`gather_rng_states`; returns its ``extra``.
+
+    Resuming with a different world size cannot continue every rank's stream: the ranks missing from
+    the checkpoint keep the generators they were seeded with (a warning, not an error)."""
+    if info.rank >= len(states):
+        if info.is_main or info.rank == len(states):
+            print(f"warning: checkpoint holds random states of {len(states)} rank(s), running {info.world_size}; "
+                  "extra ranks keep their fresh seeds", flush=True)
+        return None
+    set_rng_state(states[info.rank]["rng"])
+    return states[info.rank]["extra"]
+
+
+def rank_seed(seed: int, info: DistInfo, worker: int = 0) -> int:
+    """A seed distinct per (seed, rank, worker) and stable across runs and resumes."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{info.rank}/{worker}".encode()).digest()[:4], "little")
+
+
+# ----------------------------------------------------------------------------- data loading
+def shard(items: Sequence, info: DistInfo) -> list:
+    """This rank's share of ``items`` (every world_size-th, starting at rank), e.g. validation cases."""
+    return list(items[info.rank::info.world_size])
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (works without a process group) that can start an epoch part-way through.
+
+    The order of an epoch depends only on (seed, epoch), so a run resumed at epoch e, batch b sees exactly
+    the samples an uninterrupted run would: ``set_epoch(e, start_batch=b)`` skips the first b batches
+    of this rank's share.
+    """
+
+    def __init__(self, dataset, info: DistInfo, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 batch_size: int = 1):
+        super().__init__(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.batch_size = batch_size
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:  # type: ignore[override]
+        super().set_epoch(epoch)
+        self.start = start_batch * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed numpy and random in a DataLoader worker from its torch seed (set per worker by torch)."""
+    seed = torch.initial_seed() % (2**32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int, info: DistInfo, shuffle: bool = True, seed: int = 0, workers: int = 0,
+                drop_last: bool = True, collate_fn=None, persistent_workers: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over this rank's share of ``dataset`` with a :class:`ResumableSampler`.
+
+    Call ``loader.sampler.set_epoch(epoch, start_batch)`` before each epoch. Worker processes get their
+    own seeds (``worker_init_fn``) from a generator seeded by (seed, rank), so the stream is reproducible.
+    """
+    sampler = ResumableSampler(dataset, info, shuffle=shuffle, seed=seed, drop_last=drop_last, batch_size=batch_size)
+    generator = torch.Generator()
+    generator.manual_seed(rank_seed(seed, info))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+        collate_fn=collate_fn, worker_init_fn=worker_init_fn, generator=generator,
+        pin_memory=info.device.type == "cuda", persistent_workers=persistent_workers and workers > 0)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+def amp_enabled(info: DistInfo, requested: bool = True) -> bool:
+    """Mixed precision only where it pays and is safe: CUDA (never on CPU in this project)."""
+    return bool(requested) and info.device.type == "cuda"
+
+
+def autocast(info: DistInfo, enabled: bool = True):
+    """``torch.autocast`` on CUDA (bfloat16 where supported, else float16); a no-op context otherwise."""
+    if not amp_enabled(info, enabled):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(info: DistInfo, enabled: bool = True) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for float16 autocast on CUDA (bfloat16 needs none); save its
+    ``state_dict()`` in checkpoints like an optimizer's."""
+    active = amp_enabled(info, enabled) and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda" if info.device.type == "cuda" else "cpu", enabled=active)
 
 
 class Logger:
