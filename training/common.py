@@ -216,7 +216,7 @@ def sync_buffers(model: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
 
 
 def barrier(info: DistInfo) -> None:
-    if info.distributed:
+    if info.distributed and dist.is_initialized():
         dist.barrier()
 
 
