@@ -254,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .io import read_ct
 
         progress = _Progress()
+        if args.device.lower().startswith(("cuda", "mps")):  # say "no GPU" now, not after reading the input
+            from .device import resolve_device
+
+            resolve_device(args.device)
         progress(0.0, "reading input")
         deadline = time.monotonic() + args.test_delay
         while time.monotonic() < deadline:

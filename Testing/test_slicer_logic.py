@@ -1,0 +1,262 @@
+"""SculptorGANLogic on a real MRML scene (slicer-core): nodes, geometry, segments, surfaces, export.
+
+The phantom CT sits on an oblique grid so any mix-up of axes, LPS/RAS signs or spacing order shows.
+The pipeline runs once per fixture (module scope) to keep the file fast.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import slicer_env
+
+slicer = slicer_env.require_slicer()
+import vtk  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def env(oblique_geometry_module):
+    scene = slicer_env.new_scene()
+    module = slicer_env.import_module()
+    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.volume import CTVolume
+    from SculptorGANModuleLib import mrml
+
+    ct, _ = make_phantom(shape=(24, 48, 48), spacing=(6.0, 6.0, 6.0), seed=3)
+    ct = CTVolume(ct.array, oblique_geometry_module, name="Phantom CT")
+    node = mrml.volumeNodeFromCT(ct, "Phantom CT", scene)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+    study = sh.CreateStudyItem(patient, "Study 1")
+    sh.CreateItem(study, node)
+    return dict(scene=scene, module=module, logic=module.SculptorGANLogic(), ct=ct, node=node, sh=sh, study=study,
+                before=np.array(slicer.util.arrayFromVolume(node)), matrix=np.array(mrml_matrix(node)))
+
+
+@pytest.fixture(scope="module")
+def oblique_geometry_module():
+    from SculptorGANLib.volume import Geometry
+
+    a, b = np.deg2rad(20), np.deg2rad(10)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return Geometry((6.0, 5.5, 7.0), (-120.5, 33.0, 410.25), rz @ rx)
+
+
+def mrml_matrix(node):
+    from SculptorGANModuleLib import mrml
+
+    return mrml.ijkToRAS(node)
+
+
+@pytest.fixture(scope="module")
+def full_run(env):
+    """interpolate (factor 2) + segment + surfaces, in process."""
+    return env["logic"].process(env["node"], steps=("interpolate", "segment", "surfaces"), factor=2, device="cpu",
+                                smoothing=0.3)
+
+
+@pytest.fixture(scope="module")
+def library_reference(env):
+    """What the library alone produces for the same CT (ground truth for the conversion)."""
+    from SculptorGANLib.slicer_worker import run_request
+
+    return run_request(env["ct"], {"steps": ["interpolate", "segment"], "factor": 2, "device": "cpu"})
+
+
+def exported_labelmap(segNode, segmentId, reference):
+    from SculptorGANModuleLib import mrml
+
+    mask, geometry = mrml.labelsFromSegment(segNode, segmentId, reference)
+    return mask, geometry
+
+
+def test_geometry_conversion_is_exact(env):
+    from SculptorGANModuleLib import mrml
+
+    g = mrml.geometryFromVolumeNode(env["node"])
+    assert g.spacing == env["ct"].geometry.spacing
+    np.testing.assert_allclose(g.origin, env["ct"].geometry.origin, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.direction, env["ct"].geometry.direction, rtol=0, atol=1e-12)
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ env["ct"].geometry.affine_lps()
+    np.testing.assert_allclose(env["matrix"], expected, rtol=0, atol=1e-9)
+
+
+def test_interpolated_volume_node(env, full_run, library_reference):
+    node = full_run.volumeNode
+    assert node is not None and node.GetName() == "Phantom CT SculptorGAN"
+    assert node is not env["node"] and node.GetScene() is env["scene"]
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), library_reference.ct.array)
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ library_reference.ct.geometry.affine_lps()
+    np.testing.assert_allclose(mrml_matrix(node), expected, rtol=0, atol=1e-9)
+    # same grid start and axes as the input, half the slice spacing
+    m_in, m_out = env["matrix"], mrml_matrix(node)
+    np.testing.assert_allclose(m_out[:, :2], m_in[:, :2], atol=1e-9)
+    np.testing.assert_allclose(m_out[:3, 2], m_in[:3, 2] / 2, atol=1e-9)
+
+
+def test_segmentation_node_segments(env, full_run):
+    from SculptorGANLib.segfile import TERMINOLOGY
+    from SculptorGANLib.volume import STRUCTURE_COLORS
+    from SculptorGANModuleLib import mrml
+
+    seg = full_run.segmentationNode
+    assert seg.GetName() == "Phantom CT SculptorGAN segmentation"
+    segmentation = seg.GetSegmentation()
+    assert mrml.segmentIds(seg)[:3] == ["kidney_left", "kidney_right", "tumor"]
+    for segmentId, name in [("kidney_left", "Kidney left"), ("kidney_right", "Kidney right"), ("tumor", "Tumor")]:
+        segment = segmentation.GetSegment(segmentId)
+        assert segment.GetName() == name
+        np.testing.assert_allclose(segment.GetColor(), STRUCTURE_COLORS[segmentId])
+        assert segment.GetTerminology() == TERMINOLOGY[segmentId]
+    # the segmentation references the interpolated volume and uses its grid
+    assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is full_run.volumeNode
+    mask, geometry = exported_labelmap(seg, "kidney_left", full_run.volumeNode)
+    assert mask.shape == slicer.util.arrayFromVolume(full_run.volumeNode).shape
+    from SculptorGANModuleLib.mrml import geometryFromVolumeNode
+
+    expected = geometryFromVolumeNode(full_run.volumeNode)  # Slicer's export rounds in the last digit
+    np.testing.assert_allclose(geometry.affine_lps(), expected.affine_lps(), rtol=0, atol=1e-9)
+
+
+def test_segments_equal_library_labels(full_run, library_reference):
+    structures = library_reference.structures
+    for value, name in structures.labels.items():
+        mask, _ = exported_labelmap(full_run.segmentationNode, name, full_run.volumeNode)
+        np.testing.assert_array_equal(mask, structures.array == value, err_msg=name)
+    assert (structures.array > 0).any(), "the phantom should give some kidney voxels"
+
+
+def test_closed_surfaces_built_and_shown(full_run):
+    seg = full_run.segmentationNode
+    assert seg.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert seg.GetSegmentation().GetConversionParameter("Smoothing factor") == "0.3"
+    for segmentId in ("kidney_left", "kidney_right"):
+        poly = vtk.vtkPolyData()
+        seg.GetClosedSurfaceRepresentation(segmentId, poly)
+        assert poly.GetNumberOfCells() > 0, segmentId
+    display = seg.GetDisplayNode()
+    assert display.GetVisibility3D() and display.GetPreferredDisplayRepresentationName3D() == "Closed surface"
+
+
+def test_results_in_input_study(env, full_run):
+    sh = env["sh"]
+    for node in (full_run.volumeNode, full_run.segmentationNode):
+        item = sh.GetItemByDataNode(node)
+        assert item and sh.GetItemParent(item) == env["study"], node.GetName()
+
+
+def test_input_untouched(env, full_run):
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(env["node"]), env["before"])
+    np.testing.assert_array_equal(mrml_matrix(env["node"]), env["matrix"])
+    assert env["node"].GetName() == "Phantom CT"
+
+
+def _read_stl(path):
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(path)
+    reader.Update()
+    return reader.GetOutput()
+
+
+def test_export_models_stl_lps_ras_and_measurements(env, full_run, tmp_path):
+    seg = full_run.segmentationNode
+    out_lps, out_ras = tmp_path / "lps", tmp_path / "ras"
+    exported = env["logic"].exportModels(seg, str(out_lps), "STL", "LPS")
+    env["logic"].exportModels(seg, str(out_ras), "STL", "RAS")
+    stls = sorted(p for p in os.listdir(out_lps) if p.endswith(".stl"))
+    assert stls == ["Phantom CT SculptorGAN segmentation_Kidney left.stl",
+                    "Phantom CT SculptorGAN segmentation_Kidney right.stl"]  # empty Tumor segment: no file
+    assert all(os.path.dirname(f) == str(out_lps) for f in exported.files)
+    surface = vtk.vtkPolyData()
+    seg.GetClosedSurfaceRepresentation("kidney_left", surface)
+    ras = _read_stl(str(out_ras / stls[0]))
+    lps = _read_stl(str(out_lps / stls[0]))
+    np.testing.assert_allclose(ras.GetBounds(), surface.GetBounds(), atol=1e-3)
+    b = surface.GetBounds()
+    np.testing.assert_allclose(lps.GetBounds(), (-b[1], -b[0], -b[3], -b[2], b[4], b[5]), atol=1e-3)
+    # measurements: table node and CSV, volumes = voxel count × voxel volume on the reference grid
+    assert os.path.isfile(exported.csvPath) and os.path.dirname(exported.csvPath) == str(out_lps)
+    table = exported.tableNode.GetTable()
+    names = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
+    assert names == ["Kidney left", "Kidney right"]
+    mask, geometry = exported_labelmap(seg, "kidney_left", full_run.volumeNode)
+    expected_ml = mask.sum() * np.prod(geometry.spacing) / 1000
+    assert table.GetValue(0, 1).ToDouble() == pytest.approx(expected_ml, rel=1e-3)
+    with open(exported.csvPath) as f:
+        header, *rows = f.read().strip().splitlines()
+    assert header.startswith("structure,volume_ml") and len(rows) == 2
+
+
+def test_export_obj_and_bad_format(env, full_run, tmp_path):
+    exported = env["logic"].exportModels(full_run.segmentationNode, str(tmp_path), "OBJ", "RAS")
+    assert any(f.endswith(".obj") for f in exported.files)
+    with pytest.raises(ValueError):
+        env["logic"].exportModels(full_run.segmentationNode, str(tmp_path), "PLY", "LPS")
+
+
+def test_update_models_after_edit(env, full_run):
+    seg = full_run.segmentationNode
+    reference = full_run.volumeNode
+    before = env["logic"].updateModels(seg, 0.5)
+    assert before.GetTable().GetNumberOfRows() == 2
+    # erase the right kidney as a user would in the Segment Editor
+    mask, _ = exported_labelmap(seg, "kidney_right", reference)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros(mask.shape, np.uint8), seg, "kidney_right", reference)
+    table = env["logic"].updateModels(seg, 0.5)
+    assert table is before  # same table node, refreshed
+    names = [table.GetTable().GetValue(r, 0).ToString() for r in range(table.GetTable().GetNumberOfRows())]
+    assert names == ["Kidney left"]
+    poly = vtk.vtkPolyData()
+    seg.GetClosedSurfaceRepresentation("kidney_right", poly)
+    assert poly.GetNumberOfCells() == 0
+
+
+def test_worker_route_gives_identical_nodes(env, library_reference):
+    """The PythonSlicer-subprocess route (files in between) yields exactly the in-process result."""
+    nodes_before = env["scene"].GetNumberOfNodes()
+    result = env["logic"].process(env["node"], steps=("interpolate", "segment"), factor=2, device="cpu",
+                                  useWorker=True)
+    assert env["scene"].GetNumberOfNodes() > nodes_before
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.volumeNode), library_reference.ct.array)
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ library_reference.ct.geometry.affine_lps()
+    np.testing.assert_allclose(mrml_matrix(result.volumeNode), expected, rtol=0, atol=1e-9)
+    for value, name in library_reference.structures.labels.items():
+        mask, _ = exported_labelmap(result.segmentationNode, name, result.volumeNode)
+        np.testing.assert_array_equal(mask, library_reference.structures.array == value, err_msg=name)
+    assert not result.segmentationNode.GetSegmentation().ContainsRepresentation("Closed surface")  # no surfaces step
+
+
+def test_cancel_leaves_nothing(env):
+    module, logic = env["module"], env["logic"]
+    nodes_before = env["scene"].GetNumberOfNodes()
+    run = logic.startProcessing(env["node"], steps=("segment",), device="cpu", extraArguments=["--test-delay", "60"])
+    events = []
+    while not any(e.get("event") == "start" for e in events):
+        events += run.job.poll()
+        assert not run.job.finished, events
+    run.job.cancel()
+    with pytest.raises(module.SculptorGANRunError) as info:
+        logic.finishProcessing(run)
+    assert info.value.kind == "cancelled" and run.job.returncode == 3
+    assert "Nothing was added" in info.value.userMessage()
+    assert env["scene"].GetNumberOfNodes() == nodes_before
+    assert not os.path.exists(run.tempDir)
+
+
+def test_worker_error_becomes_run_error(env):
+    module, logic = env["module"], env["logic"]
+    run = logic.startProcessing(env["node"], steps=("interpolate",), device="cpu", missingSlices=(0,))
+    with pytest.raises(module.SculptorGANRunError) as info:
+        logic.finishProcessing(run)
+    assert info.value.kind == "input" and "inner slices" in info.value.message
+
+
+def test_process_rejects_bad_steps(env):
+    with pytest.raises(ValueError):
+        env["logic"].process(env["node"], steps=("surfaces",))
+    with pytest.raises(ValueError):
+        env["logic"].process(env["node"], steps=())
