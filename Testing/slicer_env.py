@@ -85,7 +85,13 @@ class _Anything:
 
 def _fake_qt_module(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
-    module.__getattr__ = lambda attr: _Anything  # qt.QIcon, qt.QTimer, ctk.ctkSliderWidget, ...
+
+    def __getattr__(attr):  # qt.QIcon, qt.QTimer, ctk.ctkSliderWidget, ... (but no __file__ & co.)
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Anything
+
+    module.__getattr__ = __getattr__
     module.__sculptorgan_standin__ = True
     return module
 
@@ -275,3 +281,43 @@ def import_module():
     import SculptorGAN
 
     return SculptorGAN
+
+
+# ----------------------------------------------------------------------------- CMake file lists
+def _cmake_block(name: str, files: list[str]) -> str:
+    return f"set({name}\n" + "".join(f"  {f}\n" for f in files) + "  )"
+
+
+def update_cmake_lists() -> list[str]:
+    """Rewrite the file lists in SculptorGAN/CMakeLists.txt from the working tree; returns the new lines."""
+    import re
+
+    cmake = MODULE_DIR / "CMakeLists.txt"
+    text = cmake.read_text()
+
+    def files(folder: str) -> list[str]:
+        root = REPO / folder
+        return sorted(p.relative_to(REPO).as_posix() for p in root.rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
+
+    module = ["${MODULE_NAME}.py"] + [f.split("/", 1)[1] for f in files("SculptorGAN")
+                                       if f.endswith(".py") and f != "SculptorGAN/SculptorGAN.py"]
+    library = files("SculptorGANLib")
+    resources = [f for d in ("Icons", "UI", "Models") if (REPO / "Resources" / d).is_dir()
+                 for f in files(f"Resources/{d}")]
+    blocks = {"MODULE_PYTHON_SCRIPTS": module,
+              "SCULPTORGANLIB_PYTHON_SCRIPTS": ["../" + f for f in library if f.endswith(".py")],
+              "MODULE_PYTHON_RESOURCES": ["../" + f for f in resources + [x for x in library if not x.endswith(".py")]]}
+    before = set(re.findall(r"^\s+(\S+)$", text, re.M))
+    for name, listed in blocks.items():
+        text = re.sub(rf"set\({name}\n.*?\n  \)", lambda _m: _cmake_block(name, listed), text, flags=re.S)
+    cmake.write_text(text)
+    return sorted(set(f for listed in blocks.values() for f in listed) - before)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--update-cmake"]:
+        added = update_cmake_lists()
+        print("SculptorGAN/CMakeLists.txt updated" + ("; added:\n  " + "\n  ".join(added) if added else ""))
+    else:
+        print("usage: python Testing/slicer_env.py --update-cmake")
