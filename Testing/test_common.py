@@ -181,3 +181,14 @@ def test_patch_dataset_deterministic_with_foreground_oversampling(tmp_path):
     first = [b[0] for _, b in zip(range(3), loader0)]
     second = [b[0] for _, b in zip(range(3), loader2)]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("trainer,config", [("train_segmentation", "kits19_segmentation_multigpu.yaml"),
+                                            ("train_interpolation", "interpolation_multigpu.yaml")])
+def test_multigpu_configs_match_their_trainer(trainer, config):
+    """The multi-GPU example configs use only keys the trainer knows (load_config rejects others)."""
+    import importlib
+
+    module = importlib.import_module(f"training.{trainer}")
+    loaded = common.load_config(module.DEFAULTS, str(ROOT / "training" / "configs" / config))
+    assert loaded["device"] == "auto" and loaded["batch_size"] >= 1
