@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
+    from .batch import add_batch_parser
+
+    add_batch_parser(sub)
+
     p = sub.add_parser("models", help="list the shipped models")
     p.add_argument("--json", action="store_true")
     _add_common(p)

@@ -12,7 +12,7 @@ from SculptorGANLib.cli import build_parser, main
 from SculptorGANLib.io import read_ct, read_labels, write_volume
 from SculptorGANLib.phantom import thick_slices
 
-COMMANDS = ["demo", "run", "interpolate", "segment", "surfaces", "evaluate", "models"]
+COMMANDS = ["demo", "run", "interpolate", "segment", "surfaces", "evaluate", "batch", "models"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
