@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import CancelledError, InputError, SculptorGANError
-from .io import VOLUME_SUFFIXES, stem, volume_suffix
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +75,14 @@ def _unique_ids(pairs: Iterable[tuple[str, str]]) -> list[Case]:
 
 
 def _is_volume_file(path: Path) -> bool:
+    from .io import VOLUME_SUFFIXES, volume_suffix
+
     return path.is_file() and volume_suffix(path) in VOLUME_SUFFIXES
 
 
 def _cases_from_csv(path: Path) -> list[Case]:
+    from .io import stem
+
     try:
         with open(path, newline="") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
@@ -115,6 +118,8 @@ def discover_cases(inputs: str | os.PathLike | Sequence[str | os.PathLike], excl
     sub-folder as a DICOM series; a folder holding only DICOM files is one series), a single volume
     file, or a list of any of these paths. ``exclude`` (the output folder) is never taken as a case.
     """
+    from .io import VOLUME_SUFFIXES, stem, volume_suffix
+
     if isinstance(inputs, (list, tuple)):
         pairs = [(c.case_id, c.source) for item in inputs for c in discover_cases(item, exclude)]
         return _unique_ids(pairs)
