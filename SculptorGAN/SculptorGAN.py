@@ -1,12 +1,10 @@
 import logging
 import os
-import pathlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
-import ctk
 import qt
 import vtk
 
@@ -80,6 +78,8 @@ class SculptorGANParameterNode:
     smoothing - 3D model smoothing 0–1 (Slicer's closed-surface smoothing factor).
     device - auto (GPU when present), GPU or CPU.
     modelCard - a user's segmentation model card (.json); empty = the shipped default.
+       (modelCard and exportFolder are strings synced by hand with their path widgets, so that "no
+       path" shows as an empty field rather than as ".")
     outputVolume, outputSegmentation - the last results (Update models / Export act on the segmentation).
     exportFolder, exportFormat, exportCoordinates - where and how Export models writes.
     """
@@ -94,10 +94,10 @@ class SculptorGANParameterNode:
     makeModels: bool = True
     smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     device: Annotated[str, Choice(["auto", "GPU", "CPU"])] = "auto"
-    modelCard: pathlib.Path
+    modelCard: str = ""
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
-    exportFolder: pathlib.Path
+    exportFolder: str = ""
     exportFormat: Annotated[str, Choice(["STL", "OBJ"])] = "STL"
     exportCoordinates: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
 
@@ -142,6 +142,9 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
         self.ui.updateModelsButton.connect("clicked(bool)", self.onUpdateModelsButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        # Two path widgets are synced by hand (string parameters; see SculptorGANParameterNode).
+        self.ui.modelCardPathLineEdit.connect("currentPathChanged(QString)", self.onModelCardChanged)
+        self.ui.exportFolderButton.connect("directoryChanged(QString)", self.onExportFolderChanged)
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
 
@@ -155,9 +158,13 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+            self._disconnectGui()
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def _disconnectGui(self) -> None:
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -175,7 +182,7 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, inputParameterNode: Optional[SculptorGANParameterNode]) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._disconnectGui()
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
@@ -198,6 +205,19 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.exportButton):
             button.enabled = hasSegmentation and not running
         self.ui.factorSpinBox.enabled = bool(p and p.interpolate and p.targetSpacing <= 0)
+        if p:
+            if self.ui.modelCardPathLineEdit.currentPath != p.modelCard:
+                self.ui.modelCardPathLineEdit.currentPath = p.modelCard
+            if p.exportFolder and self.ui.exportFolderButton.directory != p.exportFolder:
+                self.ui.exportFolderButton.directory = p.exportFolder
+
+    def onModelCardChanged(self, path: str) -> None:
+        if self._parameterNode and self._parameterNode.modelCard != path:
+            self._parameterNode.modelCard = path
+
+    def onExportFolderChanged(self, folder: str) -> None:
+        if self._parameterNode and self._parameterNode.exportFolder != folder:
+            self._parameterNode.exportFolder = folder
 
     # --------------------------------------------------------------------------------- run
     def _log(self, text: str) -> None:
@@ -217,13 +237,19 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(_("Installation declined; the pipeline cannot run without: {packages}").format(
                 packages=", ".join(missing)))
             return False
-        with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
-            stillMissing = dependencies.installPackages(missing)
-            if stillMissing:
-                raise RuntimeError(_("still missing after installation: {packages}").format(
-                    packages=", ".join(stillMissing)))
-            return True
-        return False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
+                self.ui.statusLabel.text = _("Installing Python packages…")
+                slicer.app.processEvents()
+                stillMissing = dependencies.installPackages(missing)
+                if stillMissing:
+                    raise RuntimeError(_("still missing after installation: {packages}").format(
+                        packages=", ".join(stillMissing)))
+        except Exception:  # already shown to the user
+            self.ui.statusLabel.text = _("Python packages are missing.")
+            return False
+        self.ui.statusLabel.text = _("Python packages installed.")
+        return True
 
     def onApplyButton(self) -> None:
         if self._run is not None:
@@ -233,15 +259,19 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self._ensureDependencies():
             return
-        with slicer.util.tryWithErrorDisplay(_("SculptorGAN could not start."), waitCursor=True):
-            options = self.logic.optionsFromParameterNode(self._parameterNode)
-            self.ui.logTextEdit.clear()
-            self._run = self.logic.startProcessing(self._parameterNode.inputVolume, options)
-            self._log(_("Started: {steps} on {device}").format(steps=", ".join(options.steps), device=options.device))
-            self.ui.progressBar.setVisible(True)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Starting…")
-            self._timer.start()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("SculptorGAN could not start."), waitCursor=True):
+                options = self.logic.optionsFromParameterNode(self._parameterNode)
+                self.ui.logTextEdit.clear()
+                self._run = self.logic.startProcessing(self._parameterNode.inputVolume, options)
+        except Exception:  # already shown to the user
+            return
+        self._log(_("Started: {steps} (device: {device})").format(steps=", ".join(options.steps),
+                                                                  device=options.device))
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting…")
+        self._timer.start()
         self._updateButtons()
 
     def onTimer(self) -> None:
@@ -318,15 +348,17 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             table = self.logic.updateModels(p.outputSegmentation, p.smoothing)
             self._log(_("Models and measurements updated ({table}).").format(table=table.GetName()))
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
 
     def onExportButton(self) -> None:
         p = self._parameterNode
-        folder = str(p.exportFolder) if str(p.exportFolder) not in ("", ".") else ""
+        folder = p.exportFolder
         if not folder:
             folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export models to folder"))
             if not folder:
                 return
-            p.exportFolder = pathlib.Path(folder)
+            p.exportFolder = folder
         with slicer.util.tryWithErrorDisplay(_("Exporting the models failed."), waitCursor=True):
             exported = self.logic.exportModels(p.outputSegmentation, folder, p.exportFormat, p.exportCoordinates)
             self._log(_("Exported {count} files to {folder}").format(count=len(exported.files), folder=folder))
@@ -458,7 +490,7 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Check at least one step."))
         spacing = float(p.targetSpacing) if p.targetSpacing > 0 else None
         missing = tuple(int(v) for v in p.missingSlices.replace(";", ",").replace(" ", ",").split(",") if v.strip())
-        model = str(p.modelCard) if str(p.modelCard) not in ("", ".") else ""
+        model = p.modelCard.strip()
         return SculptorGANOptions(
             steps=steps, factor=None if spacing else int(p.factor), targetSpacing=spacing,
             fillMissing=bool(p.fillMissing), missingSlices=missing if p.fillMissing else (),

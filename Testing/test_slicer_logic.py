@@ -6,7 +6,6 @@ The pipeline runs once per fixture (module scope) to keep the file fast.
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -129,8 +129,6 @@ def test_cancel_on_stdin_stops_with_nothing_written(phantom_file, tmp_path):
 
 def test_worker_client_events(phantom_file, tmp_path):
     """SculptorGANModuleLib.worker.WorkerJob: non-blocking poll, then the final event and exit code."""
-    import slicer_env  # noqa: F401  (puts nothing Qt-related in place; the client is plain Python)
-
     sys.path.insert(0, str(REPO / "SculptorGAN"))
     from SculptorGANModuleLib.worker import WorkerJob
 

@@ -12,8 +12,6 @@ import os
 import numpy as np
 import vtk
 
-import slicer
-
 from . import mrml
 
 #: Table columns: (measurement key, column title, unit for the table's column property).
