@@ -166,3 +166,34 @@ def test_sculptorgan_cli_batch(tmp_path, cohort, capsys):
     assert cli.main(["batch", str(cohort / "case0.nii.gz"), str(cohort / "case2.nii.gz"), "--out", str(tmp_path / "o"),
                      *CLI_ARGS]) == 0
     assert "2 case(s): 2 ok" in capsys.readouterr().out
+
+
+def test_dicom_series_folder_and_csv_list(tmp_path, cohort):
+    """A DICOM series sub-folder is one case; a CSV list can mix it with files and name the outputs."""
+    import SimpleITK as sitk
+
+    ct, _ = make_phantom(shape=(24, 64, 64), spacing=(5.0, 5.0, 5.0), seed=1)
+    series = tmp_path / "in" / "patient_7"
+    series.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for i, slice_ in enumerate(ct.array):
+        z = ct.geometry.origin[2] + 5.0 * i
+        image = sitk.GetImageFromArray(slice_.astype(np.int16)[None])
+        image.SetSpacing((5.0, 5.0, 1.0))
+        image.SetOrigin((*ct.geometry.origin[:2], z))
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+                           ("0020|0013", str(i + 1)), ("0020|0032", f"{ct.geometry.origin[0]}\\{ct.geometry.origin[1]}\\{z}"),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"IM{i:04d}.dcm"))
+        writer.Execute(image)
+    assert [c.case_id for c in discover_cases(tmp_path / "in")] == ["patient_7"]
+    listing = tmp_path / "cases.csv"
+    listing.write_text(f"path,case\nin/patient_7,dicom_case\n{cohort / 'case1.nii.gz'},nifti_case\nin/gone.nii.gz,gone\n")
+    summary = run_batch(listing, tmp_path / "out", OPTIONS, output_options=OUTPUT)
+    rows = {r["case"]: r for r in summary.rows}
+    assert rows["dicom_case"]["status"] == "ok" and rows["nifti_case"]["status"] == "ok"
+    assert rows["gone"]["status"] == "failed" and "no such file" in rows["gone"]["reason"]
+    # the DICOM series and the NIfTI of the same phantom give the same kidney volume
+    assert rows["dicom_case"]["volume_kidney_right_ml"] == pytest.approx(rows["nifti_case"]["volume_kidney_right_ml"], rel=0.02)
