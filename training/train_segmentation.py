@@ -1,0 +1,473 @@
+"""Train the WP-UNet kidney/tumor segmentation network (Phase II), resumable and torchrun-ready.
+
+Data (``data_mode``):
+  * ``synthetic`` – cached cases from ``python -m SculptorGANLib.synth.prepare`` (``data``: a folder of
+    ``.npz``): tissue layouts around real KiTS19 masks, rendered to CT-like HU on the fly with
+    randomized intensities (domain randomization), plus phantom/real image cases;
+  * ``images`` – a KiTS19 folder (``case_*/imaging.nii.gz`` + ``segmentation.nii.gz``) or two folders
+    ``images/`` and ``labels/`` with matching file names (``data``: the root folder).
+
+Patches are sampled with foreground oversampling; augmentation uses MONAI transforms (rotation,
+scaling, elastic deformation, mirroring, contrast/gamma, intensity scale/shift, noise). Loss is
+α·Dice + (1−α)·CE; Adam with LR ×0.2 on a plateau and early stopping; magnitude pruning of the WP
+blocks' depthwise/pointwise weights ramps up to ``sparsity`` and is followed by fine-tuning.
+
+    python training/train_segmentation.py --config training/configs/segmentation_synth_cpu.json \
+        --out training/runs/seg --max-minutes 50
+    python training/train_segmentation.py --out training/runs/seg --resume          # continue
+    python training/train_segmentation.py --out training/runs/seg --export Resources/Models \
+        --set name=wpunet_kidney                                                        # model card + weights
+    torchrun --nproc_per_node 2 training/train_segmentation.py --config ...            # DDP
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from training.common import (Logger, barrier, cleanup_distributed, init_distributed, load_checkpoint,  # noqa: E402
+                             load_config, mean_across_ranks, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state, unwrap, wrap_ddp, write_run_record)
+
+DEFAULTS: dict = {
+    # data
+    "data_mode": "synthetic", "data": "training/cache/synth3mm", "val_cases": [], "val_fraction": 0.1,
+    "test_cases": [], "spacing": [3.0, 3.0, 3.0], "window": [-200.0, 400.0],
+    # model
+    "architecture": "wpunet", "features": [16, 32, 64, 128], "dims": 3,
+    # optimisation (the paper's defaults)
+    "lr": 3e-4, "batch_size": 8, "patch": [48, 192, 192], "iters_per_epoch": 250, "max_epochs": 1000,
+    "plateau_patience": 30, "plateau_factor": 0.2, "early_stop": 50, "alpha": 0.5, "fg_prob": 0.67,
+    # pruning
+    "sparsity": 0.5, "prune_start": 2000, "prune_every": 250, "prune_steps": 4,
+    # augmentation
+    "aug_rotate_deg": 15.0, "aug_scale": 0.15, "aug_elastic_prob": 0.1, "aug_flip_prob": 0.5,
+    "aug_gamma_prob": 0.3, "aug_contrast_prob": 0.3, "aug_noise_prob": 0.2, "synth_random_prob": 0.15,
+    # inference/validation
+    "roi": [96, 128, 128], "val_every_epochs": 1, "val_max_cases": 8,
+    # bookkeeping
+    "seed": 0, "threads": 1, "device": "auto", "num_workers": 0, "name": "wpunet_kidney", "version": "1",
+    "checkpoint_minutes": 5.0,
+}
+
+
+# ----------------------------------------------------------------------------- data
+def find_image_cases(root: Path) -> list[tuple[Path, Path]]:
+    """(image, label) pairs: KiTS19 layout or images/ + labels/ folders."""
+    pairs = [(p / "imaging.nii.gz", p / "segmentation.nii.gz") for p in sorted(root.glob("case_*"))
+             if (p / "imaging.nii.gz").is_file() and (p / "segmentation.nii.gz").is_file()]
+    if pairs:
+        return pairs
+    images, labels = root / "images", root / "labels"
+    if images.is_dir() and labels.is_dir():
+        for img in sorted(images.iterdir()):
+            lab = labels / img.name
+            if lab.is_file():
+                pairs.append((img, lab))
+    return pairs
+
+
+class CaseStore:
+    """In-memory training cases on the canonical grid: dicts with 'labels' and 'layout' or 'image'."""
+
+    def __init__(self, cases: list[dict], names: list[str]):
+        self.cases, self.names = cases, names
+
+    @classmethod
+    def from_synthetic(cls, folder: Path, names: list[str]) -> "CaseStore":
+        cases = []
+        for n in names:
+            with np.load(folder / f"{n}.npz") as z:
+                cases.append({k: z[k] for k in z.files})
+        return cls(cases, names)
+
+    @classmethod
+    def from_images(cls, pairs: list[tuple[Path, Path]], spacing) -> "CaseStore":
+        from SculptorGANLib.io import read_ct, read_labels
+        from SculptorGANLib.segmentation import to_canonical
+
+        cases, names = [], []
+        for img, lab in pairs:
+            ct, lv = read_ct(img), read_labels(lab)
+            image, _ = to_canonical(ct, spacing, default=-1024.0)
+            labels, _ = to_canonical(lv, spacing, label=True)
+            cases.append({"image": image.astype(np.float32), "labels": labels.astype(np.uint8)})
+            names.append(str(img))
+        return cls(cases, names)
+
+
+def split_names(config: dict, root: Path) -> tuple[list[str], list[str]]:
+    """Training and validation case names (validation: ``val_cases`` or a deterministic fraction)."""
+    if config["data_mode"] == "synthetic":
+        names = sorted(p.name[:-4] for p in root.glob("*.npz"))
+    else:
+        names = [str(a) for a, _ in find_image_cases(root)]
+    if not names:
+        raise SystemExit(f"{root}: no training cases found for data_mode={config['data_mode']}")
+    base = lambda n: re.sub(r"_v\d+$", "", n)  # noqa: E731 - variants of one KiTS mask stay together
+    if config["val_cases"]:
+        val_bases = set(config["val_cases"])
+    else:
+        bases = sorted({base(n) for n in names if not Path(n).name.startswith("phantom")} - set(config["test_cases"]))
+        k = max(1, int(round(len(bases) * config["val_fraction"]))) if len(bases) > 1 else 0
+        val_bases = set(bases[len(bases) - k:])
+    test_bases = set(config["test_cases"])
+    first_variant = lambda n: re.search(r"_v\d+$", n) is None or n.endswith("_v0")  # noqa: E731
+    val = [n for n in names if base(n) in val_bases and first_variant(n)]
+    train = [n for n in names if base(n) not in val_bases and base(n) not in test_bases]
+    return train, val
+
+
+def crop_patch(arrays: list[np.ndarray], labels: np.ndarray, size, rng: np.random.Generator, fg_prob: float,
+               pad_value: list[float]) -> list[np.ndarray]:
+    """Crop ``size`` (z, y, x) around a foreground voxel with probability ``fg_prob``, else anywhere."""
+    shape = np.asarray(labels.shape)
+    size = np.asarray(size)
+    if rng.random() < fg_prob and labels.any():
+        cls = 2 if (labels == 2).any() and rng.random() < 0.4 else 1
+        pts = np.argwhere(labels == cls) if (labels == cls).any() else np.argwhere(labels > 0)
+        centre = pts[rng.integers(len(pts))] + rng.integers(-size // 4, size // 4 + 1)
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start = centre - size // 2
+    out = []
+    for arr, pv in zip(arrays, pad_value):
+        patch = np.full(tuple(size), pv, dtype=arr.dtype)
+        src = [slice(max(0, a), min(s, a + n)) for a, n, s in zip(start, size, shape)]
+        dst = [slice(sl.start - a, sl.stop - a) for sl, a in zip(src, start)]
+        patch[tuple(dst)] = arr[tuple(src)]
+        out.append(patch)
+    return out
+
+
+class PatchSampler:
+    """Draws augmented (image, label) training patches from a :class:`CaseStore`."""
+
+    def __init__(self, store: CaseStore, config: dict, rng: np.random.Generator):
+        from monai.transforms import (Compose, Rand3DElasticd, RandAdjustContrastd, RandAffined, RandFlipd,
+                                      RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd)
+
+        self.store, self.config, self.rng = store, config, rng
+        self.patch = tuple(config["patch"])
+        self.big = tuple(int(math.ceil(p * 1.3)) for p in self.patch)
+        rot = math.radians(config["aug_rotate_deg"])
+        keys = ["image", "label"]
+        self.spatial = Compose([
+            RandAffined(keys, prob=0.8, spatial_size=self.patch, rotate_range=(rot, rot / 2, rot / 2),
+                        scale_range=(config["aug_scale"],) * 3, mode=("nearest", "nearest"), padding_mode="border"),
+            Rand3DElasticd(keys, sigma_range=(5, 8), magnitude_range=(30, 120), prob=config["aug_elastic_prob"],
+                           mode=("nearest", "nearest"), padding_mode="border"),
+            RandFlipd(keys, prob=config["aug_flip_prob"], spatial_axis=2),  # patient left-right
+        ])
+        self.intensity = Compose([
+            RandAdjustContrastd(["image"], prob=config["aug_gamma_prob"], gamma=(0.7, 1.5)),
+            RandScaleIntensityd(["image"], factors=0.1, prob=config["aug_contrast_prob"]),
+            RandShiftIntensityd(["image"], offsets=0.1, prob=config["aug_contrast_prob"]),
+            RandGaussianNoised(["image"], prob=config["aug_noise_prob"], std=0.05),
+        ])
+        for t in (self.spatial, self.intensity):
+            t.set_random_state(seed=int(rng.integers(2**31)))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        from SculptorGANLib.segmentation import normalize
+        from SculptorGANLib.synth import render
+
+        case = self.store.cases[self.rng.integers(len(self.store.cases))]
+        is_layout = "layout" in case
+        src = case["layout"] if is_layout else case["image"]
+        img, lab = crop_patch([src, case["labels"]], case["labels"], self.big, self.rng, self.config["fg_prob"],
+                              [0, 0] if is_layout else [-1024.0, 0])
+        # spatial augmentation of the tissue layout (or image) and labels, cropping to the patch size;
+        # layouts are rendered to HU afterwards, on the patch only
+        data = self.spatial({"image": img[None].astype(np.float32), "label": lab[None].astype(np.float32)})
+        img = np.asarray(data["image"])[0]
+        lab = np.asarray(data["label"])[0].astype(np.int64)
+        if img.shape != self.patch:  # RandAffined skipped: centre crop
+            off = [(a - b) // 2 for a, b in zip(img.shape, self.patch)]
+            sl = tuple(slice(o, o + p) for o, p in zip(off, self.patch))
+            img, lab = img[sl], lab[sl]
+        if is_layout:
+            hu, _ = render(img.round().astype(np.uint8), self.rng, random_prob=self.config["synth_random_prob"])
+        else:
+            hu = img + self.rng.normal(0, self.rng.uniform(0, 15), img.shape).astype(np.float32)
+        norm = normalize(hu, self.config["window"])
+        norm = np.asarray(self.intensity({"image": norm[None]})["image"])[0]
+        return norm.astype(np.float32), lab
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.sample() for _ in range(n)]
+        x = torch.from_numpy(np.stack([i[0] for i in items]))[:, None]
+        y = torch.from_numpy(np.stack([i[1] for i in items]))[:, None]
+        return x, y
+
+
+def validation_volumes(store: CaseStore, config: dict) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Fixed rendered validation volumes (normalized image, labels, name); seeds depend on the case only."""
+    from SculptorGANLib.segmentation import normalize
+    from SculptorGANLib.synth import render
+
+    vols = []
+    for i, (case, name) in enumerate(zip(store.cases[: config["val_max_cases"]], store.names)):
+        if "layout" in case:
+            hu, _ = render(case["layout"], np.random.default_rng([7, i]), random_prob=0.0)
+        else:
+            hu = case["image"]
+        vols.append((normalize(hu, config["window"]), case["labels"], name))
+    return vols
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    s = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / s) if s else 1.0
+
+
+def validate(model: torch.nn.Module, vols, config: dict, device: torch.device) -> dict:
+    from SculptorGANLib.segmentation import sliding_window_probabilities
+
+    model.eval()
+    kid, tum = [], []
+    for image, labels, _ in vols:
+        pred = sliding_window_probabilities(model, image, config["roi"], device).argmax(0)
+        kid.append(dice(pred > 0, labels > 0))
+        if (labels == 2).any():
+            tum.append(dice(pred == 2, labels == 2))
+    model.train()
+    k = float(np.mean(kid)) if kid else 0.0
+    t = float(np.mean(tum)) if tum else 0.0
+    return {"kidney_dice": k, "tumor_dice": t, "score": 0.7 * k + 0.3 * t}
+
+
+# ----------------------------------------------------------------------------- model, pruning, export
+def build(config: dict) -> torch.nn.Module:
+    from SculptorGANLib.nn.wpunet import build_model
+
+    args = {"in_channels": 1, "out_channels": 3, "features": list(config["features"]), "dims": config["dims"]}
+    return build_model(config["architecture"], args)
+
+
+def arch_args(config: dict) -> dict:
+    return {"in_channels": 1, "out_channels": 3, "features": list(config["features"]), "dims": config["dims"]}
+
+
+def target_sparsity(iteration: int, config: dict) -> float:
+    """Gradual schedule: 0 before ``prune_start``, then ``prune_steps`` equal steps to ``sparsity``."""
+    if config["sparsity"] <= 0 or iteration < config["prune_start"]:
+        return 0.0
+    step = min(config["prune_steps"], 1 + (iteration - config["prune_start"]) // max(1, config["prune_every"]))
+    return config["sparsity"] * step / config["prune_steps"]
+
+
+def plain_state(model: torch.nn.Module) -> dict:
+    """The state dict with pruning masks folded in (plain tensor names)."""
+    raw = unwrap(model).state_dict()
+    out = {}
+    for key, value in raw.items():
+        if key.endswith("_mask"):
+            continue
+        if key.endswith("_orig"):
+            base = key[: -len("_orig")]
+            out[base] = (value * raw[base + "_mask"]).detach().cpu().clone()
+        else:
+            out[key] = value.detach().cpu().clone()
+    return out
+
+
+def export(run_dir: Path, out_dir: Path, config: dict, which: str = "best", extra_card: dict | None = None) -> Path:
+    """Write the run's best (or last) weights as safetensors + model card into ``out_dir``."""
+    from SculptorGANLib.models import ModelCard, save_model
+    from SculptorGANLib.nn.baselines import model_cost
+    from SculptorGANLib.nn.pruning import sparsity_report
+    from SculptorGANLib.nn.wpunet import build_model
+
+    ckpt = load_checkpoint(run_dir / f"{which}.pt", torch.device("cpu")) or load_checkpoint(run_dir / "last.pt", torch.device("cpu"))
+    if ckpt is None:
+        raise SystemExit(f"{run_dir}: no checkpoint to export")
+    cfg = dict(ckpt.get("config", config))
+    model = build_model(cfg["architecture"], arch_args(cfg), fast_layout=False)
+    model.load_state_dict(ckpt["model"])
+    report = sparsity_report(model)
+    cost = model_cost(model, (1, 1, *cfg["roi"]))
+    card = ModelCard(
+        name=config.get("name", cfg["name"]), task="segmentation", architecture=cfg["architecture"],
+        arch_args=arch_args(cfg),
+        preprocessing={"spacing": list(cfg["spacing"]), "window": list(cfg["window"]), "roi": list(cfg["roi"]),
+                       "orientation": "canonical LPS (identity direction)", "normalization": "clip to window, map to [-1, 1]"},
+        classes={"0": "background", "1": "kidney", "2": "tumor"},
+        training={"data_mode": cfg["data_mode"], "data": cfg["data"], "iterations": ckpt["iteration"],
+                  "epochs": ckpt["epoch"], "config": cfg, "command": " ".join(sys.argv)},
+        metrics={"validation": ckpt.get("best_metrics", {}), "sparsity": report,
+                 "flops_per_roi": cost["flops"]},
+        version=str(config.get("version", cfg.get("version", "1"))),
+    )
+    if extra_card:
+        for key, value in extra_card.items():
+            if isinstance(value, dict) and isinstance(getattr(card, key), dict):
+                getattr(card, key).update(value)
+            else:
+                setattr(card, key, value)
+    return save_model(ckpt["model"], card, out_dir, half=True)
+
+
+# ----------------------------------------------------------------------------- training loop
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="JSON/YAML config file (keys as in DEFAULTS)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    ap.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this time")
+    ap.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations in total")
+    ap.add_argument("--export", type=Path, default=None, help="export OUT's best checkpoint to this folder and exit")
+    ap.add_argument("--export-which", default="best", choices=("best", "last"))
+    args = ap.parse_args(argv)
+
+    run_dir = args.out
+    if args.resume and (run_dir / "run.json").is_file() and not args.config:
+        defaults = dict(DEFAULTS)
+        defaults.update(json.loads((run_dir / "run.json").read_text())["config"])
+        config = load_config(defaults, None, args.set)
+    else:
+        config = load_config(DEFAULTS, args.config, args.set)
+    if args.export:
+        path = export(run_dir, args.export, config, args.export_which)
+        print(f"exported {path}")
+        return {"card": str(path)}
+
+    torch.set_num_threads(int(config["threads"]))
+    info = init_distributed(config["device"])
+    log = Logger(run_dir, info)
+    seed_everything(int(config["seed"]) + info.rank)
+    rng = np.random.default_rng([int(config["seed"]), info.rank])
+
+    root = Path(config["data"])
+    if not root.is_absolute() and not root.exists():
+        root = ROOT / root
+    train_names, val_names = split_names(config, root)
+    if config["data_mode"] == "synthetic":
+        train_store = CaseStore.from_synthetic(root, train_names)
+        val_store = CaseStore.from_synthetic(root, val_names)
+    else:
+        pairs = dict((str(a), (a, b)) for a, b in find_image_cases(root))
+        train_store = CaseStore.from_images([pairs[n] for n in train_names], tuple(config["spacing"]))
+        val_store = CaseStore.from_images([pairs[n] for n in val_names], tuple(config["spacing"]))
+    write_run_record(run_dir, config, train_names + ["VAL:" + n for n in val_names], info)
+    log(f"{len(train_names)} training and {len(val_names)} validation cases; world size {info.world_size}")
+
+    model = build(config).to(info.device)
+    from monai.losses import DiceCELoss
+
+    from SculptorGANLib.nn.pruning import apply_magnitude_pruning, sparsity_report
+
+    alpha = float(config["alpha"])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=alpha, lambda_ce=1 - alpha)
+    opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=float(config["plateau_factor"]),
+                                                       patience=int(config["plateau_patience"]))
+    state = {"iteration": 0, "epoch": 0, "best": -1.0, "best_epoch": 0, "best_metrics": {}, "sparsity": 0.0,
+             "best_sparsity": 0.0, "history": []}
+    ckpt = load_checkpoint(run_dir / "last.pt", info.device) if args.resume else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if ckpt["sparsity"] > 0:
+            apply_magnitude_pruning(model, ckpt["sparsity"])  # zeros are the smallest magnitudes: same masks
+        opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state.update({k: ckpt[k] for k in state if k in ckpt})
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+            rng = np.random.default_rng(np.random.randint(2**31) + info.rank)
+        log(f"resumed at iteration {state['iteration']} (epoch {state['epoch']}, sparsity {state['sparsity']:.2f})")
+    ddp_model = wrap_ddp(model, info)
+    sampler = PatchSampler(train_store, config, rng)
+    val_vols = validation_volumes(val_store, config) if info.is_main else []
+
+    def checkpoint(name: str) -> None:
+        record = {"model": plain_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "config": config, "rng": rng_state(), **state}
+        save_checkpoint(run_dir / f"{name}.pt", record, info)
+
+    start = time.time()
+    last_ckpt = start
+    stop_reason = "max_epochs"
+    fmt = torch.channels_last_3d if config["dims"] == 3 else torch.channels_last
+    ddp_model.train()
+    while state["epoch"] < config["max_epochs"]:
+        losses = []
+        t_epoch = time.time()
+        for _ in range(int(config["iters_per_epoch"])):
+            s = target_sparsity(state["iteration"], config)
+            if s > state["sparsity"] + 1e-9:
+                apply_magnitude_pruning(model, s)
+                opt = _rebind_optimizer(opt, model)
+                state["sparsity"] = s
+                log(f"pruned WP-block weights to {s:.0%} sparsity: {sparsity_report(model)}")
+            x, y = sampler.batch(int(config["batch_size"]))
+            x = x.to(info.device).contiguous(memory_format=fmt)
+            y = y.to(info.device)
+            loss = loss_fn(ddp_model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            state["iteration"] += 1
+            out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
+            out_of_iters = args.max_iters is not None and state["iteration"] >= args.max_iters
+            if out_of_time or out_of_iters:
+                break
+            if time.time() - last_ckpt > 60 * config["checkpoint_minutes"]:
+                checkpoint("last")
+                last_ckpt = time.time()
+        state["epoch"] += 1
+        mean_loss = mean_across_ranks(float(np.mean(losses)) if losses else float("nan"), info)
+        entry = {"epoch": state["epoch"], "iteration": state["iteration"], "loss": mean_loss,
+                 "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t_epoch, 1), "sparsity": state["sparsity"]}
+        if info.is_main and val_vols and state["epoch"] % int(config["val_every_epochs"]) == 0:
+            metrics = validate(model, val_vols, config, info.device)
+            entry.update(metrics)
+            # only checkpoints at the final sparsity count as "best" once pruning has begun
+            eligible = state["sparsity"] >= config["sparsity"] - 1e-9 or target_sparsity(state["iteration"], config) == 0
+            improved = metrics["score"] > state["best"] or state["best_sparsity"] < state["sparsity"]
+            if eligible and improved:
+                state.update(best=metrics["score"], best_epoch=state["epoch"], best_metrics=metrics,
+                             best_sparsity=state["sparsity"])
+                checkpoint("best")
+        score = mean_across_ranks(entry.get("score", state["best"]), info)
+        sched.step(score)
+        state["history"].append(entry)
+        log(json.dumps(entry))
+        checkpoint("last")
+        last_ckpt = time.time()
+        barrier(info)
+        if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
+            stop_reason = "max_minutes"
+            break
+        if args.max_iters is not None and state["iteration"] >= args.max_iters:
+            stop_reason = "max_iters"
+            break
+        if state["epoch"] - state["best_epoch"] >= int(config["early_stop"]) and state["best"] >= 0:
+            stop_reason = "early_stop"
+            break
+    log(f"stopped ({stop_reason}) at iteration {state['iteration']}, best score {state['best']:.4f} at epoch {state['best_epoch']}")
+    cleanup_distributed(info)
+    return {"state": state, "stop_reason": stop_reason, "run_dir": str(run_dir)}
+
+
+def _rebind_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Pruning keeps the same Parameter objects (renamed ``weight_orig``); the optimizer stays valid."""
+    return opt
+
+
+if __name__ == "__main__":
+    main()
