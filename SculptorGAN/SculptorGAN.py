@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import shutil
@@ -264,7 +265,9 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 options = self.logic.optionsFromParameterNode(self._parameterNode)
                 self.ui.logTextEdit.clear()
                 self._run = self.logic.startProcessing(self._parameterNode.inputVolume, options)
-        except Exception:  # already shown to the user
+        except Exception as error:  # already shown to the user
+            logging.error("SculptorGAN could not start: %s", error)
+            self.ui.statusLabel.text = _("Could not start: {error}").format(error=error)
             return
         self._log(_("Started: {steps} (device: {device})").format(steps=", ".join(options.steps),
                                                                   device=options.device))
@@ -493,7 +496,7 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
         model = p.modelCard.strip()
         return SculptorGANOptions(
             steps=steps, factor=None if spacing else int(p.factor), targetSpacing=spacing,
-            fillMissing=bool(p.fillMissing), missingSlices=missing if p.fillMissing else (),
+            fillMissing=bool(p.fillMissing), missingSlices=missing if (p.fillMissing and p.interpolate) else (),
             device=DEVICES.get(p.device, "auto"), model=model, smoothing=float(p.smoothing))
 
     @staticmethod
@@ -601,11 +604,13 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
 
     # --------------------------------------------------------------------------------- nodes
     def _createResultNodes(self, inputVolumeNode, ct, structures, options, info) -> SculptorGANResult:
+        import time
+
         from SculptorGANModuleLib import mrml
 
         scene = inputVolumeNode.GetScene()
         name = inputVolumeNode.GetName()
-        result = SculptorGANResult(info=dict(info))
+        result = SculptorGANResult(info=json.loads(json.dumps(info, default=str)))  # a copy
         if ct is not None:
             result.volumeNode = mrml.volumeNodeFromCT(ct, f"{name} SculptorGAN", scene, inputVolumeNode)
             mrml.placeInStudyOf(result.volumeNode, inputVolumeNode)
@@ -614,8 +619,12 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
             segNode = mrml.segmentationNodeFromLabels(structures, reference, f"{name} SculptorGAN segmentation", scene)
             mrml.placeInStudyOf(segNode, inputVolumeNode)
             if "surfaces" in options.steps:
+                started = time.perf_counter()
                 mrml.updateClosedSurfaces(segNode, options.smoothing)
                 self.showIn3D(segNode, options.smoothing)
+                result.info.setdefault("methods", {})["surfaces"] = {
+                    "method": f"Slicer closed-surface representation (smoothing {options.smoothing:g})"}
+                result.info.setdefault("timings_s", {})["surfaces"] = round(time.perf_counter() - started, 3)
             result.segmentationNode = segNode
         return result
 

@@ -89,7 +89,7 @@ def _fake_qt_module(name: str) -> types.ModuleType:
     def __getattr__(attr):  # qt.QIcon, qt.QTimer, ctk.ctkSliderWidget, ... (but no __file__ & co.)
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return _Anything
+        return _Anything()
 
     module.__getattr__ = __getattr__
     module.__sculptorgan_standin__ = True
@@ -194,6 +194,8 @@ def parameterNodeWrapper(cls):
     def __getattr__(self, name):
         if name in specs:
             return _read(self.parameterNode, name, specs[name][0])
+        if name[:1].isupper():  # VTK methods (AddObserver, RemoveObserver, ...) go to the MRML node
+            return getattr(self.parameterNode, name)
         raise AttributeError(name)
 
     def __setattr__(self, name, value):
@@ -203,8 +205,8 @@ def parameterNodeWrapper(cls):
         _validate(name, base, extras, value)
         _write(self.parameterNode, name, base, value)
 
-    def connectGui(self, gui):
-        raise NotImplementedError("GUI connections need Slicer")
+    def connectGui(self, gui):  # GUI connections need Slicer's Qt widgets; here only a tag is handed out
+        return ("gui-tag", id(gui))
 
     namespace = {"__init__": __init__, "__getattr__": __getattr__, "__setattr__": __setattr__,
                  "connectGui": connectGui, "disconnectGui": lambda self, tag: None,
@@ -222,6 +224,9 @@ class ScriptedLoadableModule:
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None):
         self.parent = parent
+
+    def setup(self):
+        self.layout = _Anything()  # the module panel's layout; widgets added to it go nowhere here
 
 
 class ScriptedLoadableModuleLogic:
