@@ -168,6 +168,8 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None:  # its input is going away: stop it, nothing will be loaded
+            self._run.job.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -305,7 +307,8 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception("SculptorGAN: loading results failed")
             slicer.util.errorDisplay(_("Loading the results failed: {error}").format(error=error))
         else:
-            self._showResult(result)
+            if self._parameterNode is not None:
+                self._showResult(result)
         finally:
             self._run = None
             self.ui.progressBar.setVisible(False)
@@ -594,6 +597,8 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
                 kind = last.get("kind") or kinds.get(code, "cancelled" if run.job.cancelRequestedAt else "error")
                 message = last.get("message") or f"the worker stopped with exit code {code}"
                 raise SculptorGANRunError(kind, message)
+            if run.inputVolumeNode.GetScene() is None:  # the scene was closed while the worker ran
+                raise SculptorGANRunError("cancelled", "the input volume was removed from the scene")
             manifest, ct, structures = read_outputs(outputDir)
             result = self._createResultNodes(run.inputVolumeNode, ct, structures, run.options, manifest.get("info", {}))
             result.seconds = time.perf_counter() - run.started

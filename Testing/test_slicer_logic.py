@@ -259,3 +259,17 @@ def test_process_rejects_bad_steps(env):
         env["logic"].process(env["node"], steps=("surfaces",))
     with pytest.raises(ValueError):
         env["logic"].process(env["node"], steps=())
+
+
+def test_input_removed_while_running_loads_nothing(env):
+    """Scene closed / input deleted while the worker runs: the finished run is discarded, not loaded."""
+    from SculptorGANModuleLib import mrml
+
+    module, logic, scene = env["module"], env["logic"], env["scene"]
+    temporary = mrml.volumeNodeFromCT(env["ct"], "Temporary CT", scene)
+    run = logic.startProcessing(temporary, steps=("segment",), device="cpu")
+    scene.RemoveNode(temporary)
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(module.SculptorGANRunError) as info:
+        logic.finishProcessing(run)
+    assert info.value.kind == "cancelled" and scene.GetNumberOfNodes() == nodes
