@@ -179,7 +179,8 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            first = next((v for v in volumes if v.GetClassName() == "vtkMRMLScalarVolumeNode"), None)  # no labelmaps
             if first:
                 self._parameterNode.inputVolume = first
 
@@ -438,6 +439,7 @@ class SculptorGANResult:
 
     volumeNode: Optional[object] = None
     segmentationNode: Optional[object] = None
+    tableNode: Optional[object] = None  # measurements (when 3D models were made)
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -630,6 +632,10 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
                 result.info.setdefault("methods", {})["surfaces"] = {
                     "method": f"Slicer closed-surface representation (smoothing {options.smoothing:g})"}
                 result.info.setdefault("timings_s", {})["surfaces"] = round(time.perf_counter() - started, 3)
+                try:
+                    result.tableNode = self._updateMeasurements(segNode)[0]
+                except Exception as error:  # the models are there; the table can be made with Update models
+                    logging.warning("SculptorGAN: measurements failed: %s", error)
             result.segmentationNode = segNode
         return result
 
@@ -654,24 +660,27 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
         display.SetVisibility3D(True)
         display.SetPreferredDisplayRepresentationName3D("Closed surface")
 
-    def _measurementTableNode(self, segNode):
-        table = segNode.GetNodeReference("SculptorGANMeasurements")
-        return table
+    def _updateMeasurements(self, segNode):
+        """Create or refresh the segmentation's measurement table node; returns (table, measurements)."""
+        from SculptorGANModuleLib import export
+
+        reference = self.referenceVolume(segNode)
+        if reference is None:
+            raise ValueError(_("The segmentation has no reference volume."))
+        table, measurements = export.measurementTable(segNode, reference,
+                                                      segNode.GetNodeReference("SculptorGANMeasurements"))
+        segNode.SetNodeReferenceID("SculptorGANMeasurements", table.GetID())
+        return table, measurements
 
     def updateModels(self, segNode, smoothing: float = 0.5):
         """Rebuild the closed surfaces after edits and refresh the measurement table; returns the table node."""
-        from SculptorGANModuleLib import export, mrml
+        from SculptorGANModuleLib import mrml
 
         if segNode is None:
             raise ValueError(_("No segmentation selected."))
         mrml.updateClosedSurfaces(segNode, smoothing)
         self.showIn3D(segNode, smoothing)
-        reference = self.referenceVolume(segNode)
-        if reference is None:
-            raise ValueError(_("The segmentation has no reference volume."))
-        table, _measurements = export.measurementTable(segNode, reference, self._measurementTableNode(segNode))
-        segNode.SetNodeReferenceID("SculptorGANMeasurements", table.GetID())
-        return table
+        return self._updateMeasurements(segNode)[0]
 
     def exportModels(self, segNode, folder: str, fileFormat: str = "STL", coordinates: str = "LPS") -> SculptorGANExport:
         """Write the models (STL per segment or one OBJ; LPS or RAS) and ``measurements.csv`` to ``folder``."""
@@ -679,10 +688,8 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
 
         if segNode is None:
             raise ValueError(_("No segmentation selected."))
-        reference = self.referenceVolume(segNode)
         files = export.exportModels(segNode, folder, fileFormat, coordinates)
-        table, measurements = export.measurementTable(segNode, reference, self._measurementTableNode(segNode))
-        segNode.SetNodeReferenceID("SculptorGANMeasurements", table.GetID())
+        table, measurements = self._updateMeasurements(segNode)
         csvPath = export.writeMeasurementsCSV(measurements, os.path.join(folder, "measurements.csv"))
         return SculptorGANExport(files + [csvPath], table, csvPath)
 

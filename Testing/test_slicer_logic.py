@@ -141,9 +141,17 @@ def test_closed_surfaces_built_and_shown(full_run):
     assert display.GetVisibility3D() and display.GetPreferredDisplayRepresentationName3D() == "Closed surface"
 
 
+def test_measurement_table_made_with_the_models(full_run):
+    table = full_run.tableNode
+    assert table is not None and table.GetName() == "Phantom CT SculptorGAN segmentation measurements"
+    assert full_run.segmentationNode.GetNodeReference("SculptorGANMeasurements") is table
+    rows = [table.GetTable().GetValue(r, 0).ToString() for r in range(table.GetTable().GetNumberOfRows())]
+    assert rows == ["Kidney left", "Kidney right"]
+
+
 def test_results_in_input_study(env, full_run):
     sh = env["sh"]
-    for node in (full_run.volumeNode, full_run.segmentationNode):
+    for node in (full_run.volumeNode, full_run.segmentationNode, full_run.tableNode):
         item = sh.GetItemByDataNode(node)
         assert item and sh.GetItemParent(item) == env["study"], node.GetName()
 
@@ -201,7 +209,7 @@ def test_update_models_after_edit(env, full_run):
     seg = full_run.segmentationNode
     reference = full_run.volumeNode
     before = env["logic"].updateModels(seg, 0.5)
-    assert before.GetTable().GetNumberOfRows() == 2
+    assert before is full_run.tableNode and before.GetTable().GetNumberOfRows() == 2
     # erase the right kidney as a user would in the Segment Editor
     mask, _ = exported_labelmap(seg, "kidney_right", reference)
     slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros(mask.shape, np.uint8), seg, "kidney_right", reference)
