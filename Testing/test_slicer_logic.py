@@ -45,6 +45,12 @@ def oblique_geometry_module():
     return Geometry((6.0, 5.5, 7.0), (-120.5, 33.0, 410.25), rz @ rx)
 
 
+def mrml_geometry(node):
+    from SculptorGANModuleLib import mrml
+
+    return mrml.geometryFromVolumeNode(node)
+
+
 def mrml_matrix(node):
     from SculptorGANModuleLib import mrml
 
@@ -64,6 +70,17 @@ def library_reference(env):
     from SculptorGANLib.slicer_worker import run_request
 
     return run_request(env["ct"], {"steps": ["interpolate", "segment"], "factor": 2, "device": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def found(library_reference):
+    """[(segment ID, segment name)] of the structures the segmentation found, in segment order."""
+    from SculptorGANLib.segfile import display_name
+
+    structures = library_reference.structures
+    ids = [n for v, n in sorted(structures.labels.items()) if (structures.array == v).any()]
+    assert ids, "the phantom should give some kidney voxels"
+    return [(i, display_name(i)) for i in ids]
 
 
 def exported_labelmap(segNode, segmentId, reference):
@@ -126,14 +143,13 @@ def test_segments_equal_library_labels(full_run, library_reference):
     for value, name in structures.labels.items():
         mask, _ = exported_labelmap(full_run.segmentationNode, name, full_run.volumeNode)
         np.testing.assert_array_equal(mask, structures.array == value, err_msg=name)
-    assert (structures.array > 0).any(), "the phantom should give some kidney voxels"
 
 
-def test_closed_surfaces_built_and_shown(full_run):
+def test_closed_surfaces_built_and_shown(full_run, found):
     seg = full_run.segmentationNode
     assert seg.GetSegmentation().ContainsRepresentation("Closed surface")
     assert seg.GetSegmentation().GetConversionParameter("Smoothing factor") == "0.3"
-    for segmentId in ("kidney_left", "kidney_right"):
+    for segmentId, _ in found:
         poly = vtk.vtkPolyData()
         seg.GetClosedSurfaceRepresentation(segmentId, poly)
         assert poly.GetNumberOfCells() > 0, segmentId
@@ -141,12 +157,12 @@ def test_closed_surfaces_built_and_shown(full_run):
     assert display.GetVisibility3D() and display.GetPreferredDisplayRepresentationName3D() == "Closed surface"
 
 
-def test_measurement_table_made_with_the_models(full_run):
+def test_measurement_table_made_with_the_models(full_run, found):
     table = full_run.tableNode
     assert table is not None and table.GetName() == "Phantom CT SculptorGAN segmentation measurements"
     assert full_run.segmentationNode.GetNodeReference("SculptorGANMeasurements") is table
     rows = [table.GetTable().GetValue(r, 0).ToString() for r in range(table.GetTable().GetNumberOfRows())]
-    assert rows == ["Kidney left", "Kidney right"]
+    assert rows == [name for _, name in found]
 
 
 def test_results_in_input_study(env, full_run):
@@ -169,19 +185,21 @@ def _read_stl(path):
     return reader.GetOutput()
 
 
-def test_export_models_stl_lps_ras_and_measurements(env, full_run, tmp_path):
+def test_export_models_stl_lps_ras_and_measurements(env, full_run, found, tmp_path):
     seg = full_run.segmentationNode
     out_lps, out_ras = tmp_path / "lps", tmp_path / "ras"
     exported = env["logic"].exportModels(seg, str(out_lps), "STL", "LPS")
     env["logic"].exportModels(seg, str(out_ras), "STL", "RAS")
     stls = sorted(p for p in os.listdir(out_lps) if p.endswith(".stl"))
-    assert stls == ["Phantom CT SculptorGAN segmentation_Kidney left.stl",
-                    "Phantom CT SculptorGAN segmentation_Kidney right.stl"]  # empty Tumor segment: no file
+    # one file per non-empty segment (an empty Tumor segment gives no file)
+    assert stls == sorted(f"Phantom CT SculptorGAN segmentation_{name}.stl" for _, name in found)
     assert all(os.path.dirname(f) == str(out_lps) for f in exported.files)
     surface = vtk.vtkPolyData()
-    seg.GetClosedSurfaceRepresentation("kidney_left", surface)
-    ras = _read_stl(str(out_ras / stls[0]))
-    lps = _read_stl(str(out_lps / stls[0]))
+    first_id, first_name = found[0]
+    seg.GetClosedSurfaceRepresentation(first_id, surface)
+    stl = f"Phantom CT SculptorGAN segmentation_{first_name}.stl"
+    ras = _read_stl(str(out_ras / stl))
+    lps = _read_stl(str(out_lps / stl))
     np.testing.assert_allclose(ras.GetBounds(), surface.GetBounds(), atol=1e-3)
     b = surface.GetBounds()
     np.testing.assert_allclose(lps.GetBounds(), (-b[1], -b[0], -b[3], -b[2], b[4], b[5]), atol=1e-3)
@@ -189,13 +207,13 @@ def test_export_models_stl_lps_ras_and_measurements(env, full_run, tmp_path):
     assert os.path.isfile(exported.csvPath) and os.path.dirname(exported.csvPath) == str(out_lps)
     table = exported.tableNode.GetTable()
     names = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
-    assert names == ["Kidney left", "Kidney right"]
-    mask, geometry = exported_labelmap(seg, "kidney_left", full_run.volumeNode)
+    assert names == [name for _, name in found]
+    mask, geometry = exported_labelmap(seg, first_id, full_run.volumeNode)
     expected_ml = mask.sum() * np.prod(geometry.spacing) / 1000
     assert table.GetValue(0, 1).ToDouble() == pytest.approx(expected_ml, rel=1e-3)
     with open(exported.csvPath) as f:
         header, *rows = f.read().strip().splitlines()
-    assert header.startswith("structure,volume_ml") and len(rows) == 2
+    assert header.startswith("structure,volume_ml") and len(rows) == len(found)
 
 
 def test_export_obj_and_bad_format(env, full_run, tmp_path):
@@ -205,21 +223,31 @@ def test_export_obj_and_bad_format(env, full_run, tmp_path):
         env["logic"].exportModels(full_run.segmentationNode, str(tmp_path), "PLY", "LPS")
 
 
-def test_update_models_after_edit(env, full_run):
+def test_update_models_after_edit(env, full_run, found):
     seg = full_run.segmentationNode
     reference = full_run.volumeNode
     before = env["logic"].updateModels(seg, 0.5)
-    assert before is full_run.tableNode and before.GetTable().GetNumberOfRows() == 2
-    # erase the right kidney as a user would in the Segment Editor
-    mask, _ = exported_labelmap(seg, "kidney_right", reference)
-    slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros(mask.shape, np.uint8), seg, "kidney_right", reference)
+    assert before is full_run.tableNode and before.GetTable().GetNumberOfRows() == len(found)
+    # erase one structure and paint a small tumor, as a user would in the Segment Editor
+    erased_id, _ = found[-1]
+    mask, _ = exported_labelmap(seg, erased_id, reference)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(np.zeros(mask.shape, np.uint8), seg, erased_id, reference)
+    tumor = np.zeros(mask.shape, np.uint8)
+    tumor[10:13, 20:24, 20:24] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(tumor, seg, "tumor", reference)
     table = env["logic"].updateModels(seg, 0.5)
     assert table is before  # same table node, refreshed
     names = [table.GetTable().GetValue(r, 0).ToString() for r in range(table.GetTable().GetNumberOfRows())]
-    assert names == ["Kidney left"]
+    expected = [name for i, name in found[:-1] if i != "tumor"] + ["Tumor"]
+    assert sorted(names) == sorted(expected)
+    tumor_row = names.index("Tumor")
+    voxel_ml = np.prod(mrml_geometry(reference).spacing) / 1000
+    assert table.GetTable().GetValue(tumor_row, 1).ToDouble() == pytest.approx(tumor.sum() * voxel_ml, rel=1e-3)
     poly = vtk.vtkPolyData()
-    seg.GetClosedSurfaceRepresentation("kidney_right", poly)
+    seg.GetClosedSurfaceRepresentation(erased_id, poly)
     assert poly.GetNumberOfCells() == 0
+    seg.GetClosedSurfaceRepresentation("tumor", poly)
+    assert poly.GetNumberOfCells() > 0
 
 
 def test_worker_route_gives_identical_nodes(env, library_reference):
