@@ -541,16 +541,14 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
 
             run.job.wait(onEvent=forward)
             return self.finishProcessing(run)
-        from SculptorGANLib.slicer_worker import classify, run_request
+        from SculptorGANLib.slicer_worker import classify, run_request, with_missing_slices
         from SculptorGANModuleLib import mrml
 
         started = time.perf_counter()
-        ct = mrml.ctVolumeFromNode(inputVolumeNode)
-        if options.missingSlices:
-            from SculptorGANLib.phantom import drop_slices
-
-            ct = drop_slices(ct, options.missingSlices)
         try:
+            ct = mrml.ctVolumeFromNode(inputVolumeNode)
+            if options.missingSlices:
+                ct = with_missing_slices(ct, options.missingSlices)
             outputs = run_request(ct, options.request(), progress=progress, cancel=cancel)
         except Exception as exc:
             kind, message = classify(exc)

@@ -84,6 +84,20 @@ def structure_labels(labels, ct_array=None):
     return LabelVolume(array, labels.geometry, name=labels.name, labels=names)
 
 
+def with_missing_slices(ct, indices):
+    """``ct`` with the given slices marked as not acquired (``indices``: ints or a "12, 13" string)."""
+    from .errors import InputError
+    from .phantom import drop_slices
+
+    try:
+        if isinstance(indices, str):
+            indices = [int(v) for v in indices.replace(";", ",").replace(" ", ",").split(",") if v.strip()]
+        return drop_slices(ct, tuple(int(i) for i in indices))
+    except ValueError:
+        raise InputError(f"missing slices {indices!r}: give indices of inner slices 1..{ct.shape[0] - 2}, "
+                         "separated by commas") from None
+
+
 def run_request(ct, request: dict, progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> WorkerOutputs:
     """Run the requested steps on ``ct`` (a CTVolume, never modified)."""
@@ -266,14 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(0.02)
         ct = read_ct(args.input)
         if args.missing.strip():
-            from .errors import InputError
-            from .phantom import drop_slices
-
-            try:
-                ct = drop_slices(ct, tuple(int(v) for v in args.missing.replace(" ", ",").split(",") if v.strip()))
-            except ValueError:
-                raise InputError(f"missing slices {args.missing!r}: give indices of inner slices "
-                                 f"1..{ct.shape[0] - 2}, separated by commas") from None
+            ct = with_missing_slices(ct, args.missing)
         outputs = run_request(ct, request_from_args(args), progress=progress, cancel=cancel)
         if cancel():
             raise CancelledError("cancelled by the user")

@@ -290,6 +290,20 @@ def test_worker_error_becomes_run_error(env):
     assert info.value.kind == "input" and "inner slices" in info.value.message
 
 
+def test_in_process_errors_and_cancel(env):
+    module, logic = env["module"], env["logic"]
+    with pytest.raises(module.SculptorGANRunError) as info:
+        logic.process(env["node"], steps=("interpolate",), missingSlices=(0,))
+    assert info.value.kind == "input" and "inner slices" in info.value.message
+    nodes = env["scene"].GetNumberOfNodes()
+    with pytest.raises(module.SculptorGANRunError) as info:
+        logic.process(env["node"], steps=("segment",), cancel=lambda: True)
+    assert info.value.kind == "cancelled" and env["scene"].GetNumberOfNodes() == nodes
+    progress = []
+    logic.process(env["node"], steps=("segment",), progress=lambda f, m: progress.append(f))
+    assert progress and progress[-1] == 1.0
+
+
 def test_process_rejects_bad_steps(env):
     with pytest.raises(ValueError):
         env["logic"].process(env["node"], steps=("surfaces",))
