@@ -304,6 +304,19 @@ def test_in_process_errors_and_cancel(env):
     assert progress and progress[-1] == 1.0
 
 
+def test_outputs_follow_the_input_transform(env):
+    """A CT under a (e.g. DICOM acquisition or registration) transform: results sit under the same one."""
+    scene, node = env["scene"], env["node"]
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    try:
+        result = env["logic"].process(node, steps=("interpolate", "segment"), factor=2)
+        assert result.volumeNode.GetTransformNodeID() == transform.GetID()
+        assert result.segmentationNode.GetTransformNodeID() == transform.GetID()
+    finally:
+        node.SetAndObserveTransformNodeID(None)
+
+
 def test_process_rejects_bad_steps(env):
     with pytest.raises(ValueError):
         env["logic"].process(env["node"], steps=("surfaces",))

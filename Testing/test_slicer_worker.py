@@ -141,3 +141,19 @@ def test_worker_client_events(phantom_file, tmp_path):
     assert job.lastEvent["event"] == "done" and job.finished
     job.close()
     np.testing.assert_equal(json.loads((tmp_path / "o" / MANIFEST).read_text())["version"], 1)
+
+
+def test_classify_error_kinds():
+    from SculptorGANLib.errors import CancelledError, InputError, SculptorGANError
+    from SculptorGANLib.slicer_worker import classify
+
+    assert classify(CancelledError("cancelled by the user"))[0] == "cancelled"
+    assert classify(ModuleNotFoundError("No module named 'torch'", name="torch")) == (
+        "missing_dependency", "Python package 'torch' is not installed")
+    assert classify(MemoryError())[0] == "out_of_memory"
+    assert classify(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))[0] == "out_of_memory"
+    assert classify(SculptorGANError("device 'cuda' requested but no CUDA GPU is available"))[0] == "no_gpu"
+    assert classify(InputError("ct.nii: not readable")) == ("input", "ct.nii: not readable")
+    kind, message = classify(ZeroDivisionError("division by zero"))
+    assert kind == "error" and message == "ZeroDivisionError: division by zero"
+    assert set(EXIT_CODES) >= {"cancelled", "out_of_memory", "missing_dependency", "no_gpu", "input", "error"}
