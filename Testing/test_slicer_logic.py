@@ -336,3 +336,15 @@ def test_input_removed_while_running_loads_nothing(env):
     with pytest.raises(module.SculptorGANRunError) as info:
         logic.finishProcessing(run)
     assert info.value.kind == "cancelled" and scene.GetNumberOfNodes() == nodes
+
+
+def test_module_self_test_runs(env):
+    """SculptorGANTest (what Slicer's "Reload and Test" runs) passes on slicer-core too."""
+    import unittest
+
+    case = env["module"].SculptorGANTest("test_SculptorGAN_phantom")
+    case.setUp = lambda: None  # keep this module's scene (Slicer's setUp clears the scene)
+    outcome = unittest.TestResult()
+    case.run(outcome)
+    assert outcome.wasSuccessful(), outcome.errors + outcome.failures
+    assert not outcome.skipped
