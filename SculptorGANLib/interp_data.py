@@ -52,11 +52,12 @@ def spline_at(known: np.ndarray, slices: np.ndarray, targets: np.ndarray, method
     return spline(np.clip(targets, known[0], known[-1])).astype(np.float32)
 
 
-def local_spline(known: np.ndarray, slices: np.ndarray, target: float, halfwidth: int = 4) -> np.ndarray:
-    """Cubic spline through a window of ``halfwidth`` acquired slices each side of ``target`` (cheap, local)."""
+def local_spline(known: np.ndarray, slices: np.ndarray, target: float, halfwidth: int = 6,
+                 method: str = "cubic") -> np.ndarray:
+    """Spline through a window of ``halfwidth`` acquired slices each side of ``target`` (cheap, local)."""
     pos = np.searchsorted(known, target)
     lo, hi = max(0, pos - halfwidth), min(len(known), pos + halfwidth)
-    return spline_at(known[lo:hi], slices[lo:hi], np.array([target]))[0]
+    return spline_at(known[lo:hi], slices[lo:hi], np.array([target]), method)[0]
 
 
 def context_arrays(known: np.ndarray, slices: np.ndarray, target: float, dz: float, n_side: int = 2,

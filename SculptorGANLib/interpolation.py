@@ -116,8 +116,10 @@ def load_generator(model: str | None = None, device=None):
     return net, card
 
 
-def _forward(net, ctx, base, pos, device, amp: bool, tile: int | None, overlap: int = 32):
-    """Generator on one batch (numpy in, numpy out), padded to the network's multiple; tiled in-plane if asked."""
+def _forward(net, ctx, base, pos, device, amp: bool, tile: int | None, overlap: int = 32, linear=None):
+    """Generator on one batch (numpy in, numpy out), padded to the network's multiple; tiled in-plane if asked.
+
+    ``base`` (and ``linear`` for generators that use it) are B×1×H×W classical estimates."""
     import torch
 
     from .interp_data import pad_to_multiple
@@ -126,22 +128,26 @@ def _forward(net, ctx, base, pos, device, amp: bool, tile: int | None, overlap: 
     h, w = ctx.shape[-2:]
     pos_t = torch.from_numpy(pos).to(device)
 
-    def run(c: np.ndarray, b: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.concatenate([c, b], axis=1)).to(device)
+    n_ctx = ctx.shape[1]
+    stack = np.concatenate([ctx, base] + ([linear] if linear is not None else []), axis=1)
+
+    def run(part: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(part)).to(device)
         x, (hh, ww) = pad_to_multiple(x, net.multiple, air)
+        lin = x[:, n_ctx + 1:n_ctx + 2] if linear is not None else None
         with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            y = net(x[:, :-1], x[:, -1:], pos_t)
+            y = net(x[:, :n_ctx], x[:, n_ctx:n_ctx + 1], pos_t, lin)
         return y[:, 0, :hh, :ww].float().cpu().numpy()
 
     if not tile or (h <= tile and w <= tile):
-        return run(ctx, base)
+        return run(stack)
     out = np.empty((ctx.shape[0], h, w), np.float32)
     step = tile - 2 * overlap
     for y0 in range(0, h, step):
         for x0 in range(0, w, step):
             ys, xs = max(0, y0 - overlap), max(0, x0 - overlap)
             ye, xe = min(h, y0 + step + overlap), min(w, x0 + step + overlap)
-            pred = run(ctx[..., ys:ye, xs:xe], base[..., ys:ye, xs:xe])
+            pred = run(stack[..., ys:ye, xs:xe])
             ty, tx = min(h, y0 + step), min(w, x0 + step)
             out[:, y0:ty, x0:tx] = pred[:, y0 - ys:ty - ys, x0 - xs:tx - xs]
     return out
@@ -173,6 +179,8 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
             continue
         jobs.append((i, False))
     out = base_hu.copy()
+    use_linear = getattr(net, "use_linear", False)
+    linear_hu = classical_slices(ct, plan, "linear") if use_linear else None
     amp = device.type == "cuda"
     if batch_size is None:
         pixels = ct.shape[1] * ct.shape[2]
@@ -184,7 +192,7 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
         if cancel is not None and cancel():
             raise CancelledError("cancelled by the user")
         batch = jobs[start:start + batch_size]
-        ctx, pos, base = [], [], []
+        ctx, pos, base, lin = [], [], [], []
         for i, loo in batch:
             t = float(plan.targets[i])
             c, p = context_arrays(known, slices, t, dz, n_side, exclude_self=loo)
@@ -193,9 +201,14 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
             if loo:
                 keep = ~np.isclose(known, t)
                 base.append(local_spline(known[keep], slices[keep], t)[None])
+                if use_linear:
+                    lin.append(local_spline(known[keep], slices[keep], t, method="linear")[None])
             else:
                 base.append(normalize(base_hu[i])[None])
-        pred = denormalize(_forward(net, np.stack(ctx), np.stack(base), np.stack(pos), device, amp, tile))
+                if use_linear:
+                    lin.append(normalize(linear_hu[i])[None])
+        pred = denormalize(_forward(net, np.stack(ctx), np.stack(base), np.stack(pos), device, amp, tile,
+                                    linear=np.stack(lin) if use_linear else None))
         for (i, loo), p in zip(batch, pred):
             if loo:
                 out[i] = base_hu[i] + enhance_weight * (np.clip(p, -1024, 3071) - base_hu[i])

@@ -10,6 +10,10 @@ from SculptorGANLib.models import load_card, load_weights
 from SculptorGANLib.nn.gan import PatchDiscriminator, SculptorGenerator, build_generator, count_parameters
 from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, sparsity_report
 
+import torch as _torch
+
+_torch.set_num_threads(1)  # 2-core machine shared with other jobs: avoid oversubscription
+
 
 @pytest.mark.parametrize("gap_slices", [2, 3, 5])
 def test_generator_shapes_and_starts_at_base(gap_slices):
@@ -40,6 +44,18 @@ def test_generator_uses_position_and_size():
     assert not torch.allclose(near, far)  # conditioning on the gap in mm reaches the output
 
 
+def test_linear_blend_starts_at_cubic_and_learns_fast():
+    gen = SculptorGenerator(base_channels=4, levels=2, use_linear=True)
+    ctx, base, lin = torch.randn(2, 4, 16, 16), torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
+    pos = torch.tensor([[-9.0, -3.0, 3.0, 9.0]] * 2)
+    torch.testing.assert_close(gen(ctx, base, pos, lin), base)
+    with pytest.raises(ValueError):
+        gen(ctx, base, pos)
+    with torch.no_grad():
+        gen.blend.bias.fill_(1.0)  # β = 1: the linear estimate
+    torch.testing.assert_close(gen(ctx, base, pos, lin), lin)
+
+
 def test_context_indices():
     known = np.array([0.0, 2.0, 4.0, 6.0, 8.0])
     assert context_indices(known, 5.0).tolist() == [1, 2, 3, 4]
@@ -59,7 +75,8 @@ def test_pruning_and_safetensors_round_trip(tmp_path):
     from training.train_interpolation import DEFAULTS, build_models, export_generator
 
     torch.manual_seed(1)
-    config = {**DEFAULTS, "base_channels": 8, "levels": 2, "model_name": "rt", "prune_sparsity": 0.5}
+    config = {**DEFAULTS, "base_channels": 8, "levels": 2, "model_name": "rt", "prune_sparsity": 0.5,
+              "use_linear": False}
     gen = build_models(config)[0]
     with torch.no_grad():
         gen.head.weight.normal_(std=0.1)

@@ -8,6 +8,10 @@ import torch
 
 from training import train_interpolation as ti
 
+import torch as _torch
+
+_torch.set_num_threads(1)  # 2-core machine shared with other jobs: avoid oversubscription
+
 TINY = ["phantoms=1", "phantom_shape=[20,32,32]", "phantom_z_spacings=[2.0]", "patch=32", "batch_size=4",
         "iters_per_epoch=3", "base_channels=4", "levels=2", "d_channels=4", "adv_start_epoch=1",
         "val_factors=[2]", "prune_sparsity=0.5", "prune_epoch=2", "prune_finetune_epochs=5", "max_epochs=3"]
@@ -24,12 +28,17 @@ def test_sampler_and_val_set():
     config = ti.load_config(ti.DEFAULTS, None, ["patch=24", "phantom_shape=[20,32,32]", "phantoms=1"])
     vols = ti.make_phantoms(config)
     sampler = ti.SliceSampler(vols, config, np.random.default_rng(0))
-    ctx, pos, base, target = sampler.batch(5)
-    assert ctx.shape == (5, 4, 24, 24) and pos.shape == (5, 4) and base.shape == target.shape == (5, 1, 24, 24)
+    ctx, pos, base, target, linear = sampler.batch(5)
+    assert ctx.shape == (5, 4, 24, 24) and pos.shape == (5, 4)
+    assert base.shape == target.shape == linear.shape == (5, 1, 24, 24)
     assert (pos[:, :2] <= 0).all() and (pos[:, 2:] >= 0).all()           # below / above the target
     assert (pos.abs() <= 2 * config["max_gap_mm"] + 1e-6).all()
     items = ti.build_val_set(vols, [2, 4], 2)
     assert {it["k"] for it in items} == {2, 4} and all(it["base"].shape == (1, 32, 32) for it in items)
+    gen = ti.build_models(config)[0]
+    val = ti.validate(gen, items, torch.device("cpu"))
+    # an untrained generator is exactly cubic (up to the HU clip both get)
+    assert abs(val["k2_psnr_gan"] - val["k2_psnr_cubic"]) < 1e-3 and abs(val["gain_db"]) < 1e-3
 
 
 def test_generator_training_lowers_loss():
@@ -45,13 +54,13 @@ def test_generator_training_lowers_loss():
     gen = ti.build_models(config)[0]
     opt = torch.optim.Adam(gen.parameters(), lr=3e-3)
     losses = []
-    for _ in range(80):
-        loss = torch.nn.functional.l1_loss(gen(batch[0], batch[2], batch[1]), batch[3])
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(gen(batch[0], batch[2], batch[1], batch[4]), batch[3])
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert np.mean(losses[-5:]) < 0.85 * losses[0]
+    assert np.mean(losses[-5:]) < 0.6 * losses[0]
 
 
 def test_train_resume_prune_export(tmp_path):

@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--markdown", default=None, help="write a markdown table here")
+    p.add_argument("--update-card", default=None, metavar="CARD",
+                   help="write the results into this model card's 'metrics' (its weights checksum is unchanged)")
     args = p.parse_args(argv)
 
     import torch
@@ -110,6 +112,19 @@ def main(argv=None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.update_card:
+        card_path = Path(args.update_card)
+        card = json.loads(card_path.read_text())
+        card["metrics"] = {
+            "protocol": ("keep every k-th slice, restore the others; HU clipped to [-1024, 3071]; PSNR (data range "
+                         "4095, pooled MSE), SSIM (2D per slice, mean), MAE (HU); restored slices only; first/last k "
+                         "slices excluded; all k phases pooled"),
+            "evaluation_data": f"{Path(args.data).name} slices {z0}:{z1}",
+            "command": "python benchmarks/interpolation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "results": {key: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()}
+                        for key, r in results.items()},
+        }
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text + "\n")

@@ -55,9 +55,11 @@ DEFAULTS: dict = {
     "val_factors": [2, 4],
     # model
     "n_side": 2, "base_channels": 24, "levels": 3, "pos_scale_mm": 10.0, "residual_scale": 0.25,
+    "use_linear": True,             # also give the linear estimate and learn a gap-dependent cubic/linear blend
     "d_channels": 32, "d_layers": 3,
     # optimisation (paper defaults)
     "lr": 3e-4, "d_lr": 3e-4, "batch_size": 8, "patch": 192, "iters_per_epoch": 250,
+    "blend_lr_mult": 30.0,          # the 2n+1 blend weights learn faster
     "max_epochs": 1000, "plateau_patience": 30, "plateau_factor": 0.2, "early_stop": 50,
     "recon_loss": "l1",             # l1 | mse | l1+mse (l1 + mse_weight·mse, stresses large errors at edges)
     "mse_weight": 10.0,
@@ -69,6 +71,7 @@ DEFAULTS: dict = {
     # misc
     "seed": 0, "threads": 1, "device": "auto", "val_every": 1,
     "model_name": "sculptorgan_interp", "model_version": "1",
+    "data_notes": "",               # free text for the model card: sources and licenses of the data
 }
 
 
@@ -173,7 +176,8 @@ class SliceSampler:
                 slab = (slab + 1.0) * float(rng.uniform(1 - jitter, 1 + jitter)) - 1.0
         return np.ascontiguousarray(slab, dtype=np.float32)
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self) -> tuple[np.ndarray, ...]:
+        """(context 2n×P×P, positions mm 2n, cubic 1×P×P, target 1×P×P, linear 1×P×P)."""
         cfg, rng = self.cfg, self.rng
         while True:
             vol = self.vols[int(rng.choice(len(self.vols), p=self.p))]
@@ -198,7 +202,8 @@ class SliceSampler:
             kf = window.astype(float)
             ctx, pos = context_arrays(kf, slab[:-1], float(target), dz, int(cfg["n_side"]))
             base = spline_at(kf, slab[:-1], np.array([float(target)]))
-            return ctx, pos, base, slab[-1:]
+            linear = spline_at(kf, slab[:-1], np.array([float(target)]), "linear")
+            return ctx, pos, base, slab[-1:], linear
 
     def batch(self, n: int) -> tuple[torch.Tensor, ...]:
         items = [self.sample() for _ in range(n)]
@@ -221,9 +226,11 @@ def build_val_set(volumes: list[dict], factors: list[int], n_side: int) -> list[
                 if not targets:
                     continue
                 base = spline_at(kf, arr[known], np.array(targets, float))
-                for t, b in zip(targets, base):
+                lin = spline_at(kf, arr[known], np.array(targets, float), "linear")
+                for t, b, li in zip(targets, base, lin):
                     ctx, pos = context_arrays(kf, arr[known], float(t), dz, n_side)
-                    items.append({"k": k, "ctx": ctx, "pos": pos, "base": b[None], "target": arr[t][None]})
+                    items.append({"k": k, "ctx": ctx, "pos": pos, "base": b[None], "target": arr[t][None],
+                                  "linear": li[None]})
     return items
 
 
@@ -244,18 +251,22 @@ def validate(generator: torch.nn.Module, items: list[dict], device: torch.device
         base = torch.from_numpy(np.stack([c["base"] for c in chunk])).to(device)
         pos = torch.from_numpy(np.stack([c["pos"] for c in chunk])).to(device)
         tgt = torch.from_numpy(np.stack([c["target"] for c in chunk])).to(device)
-        x, (h, w) = pad_to_multiple(torch.cat([ctx, base], 1), generator.multiple, -1.024)
-        pred = generator(x[:, :-1], x[:, -1:], pos)[..., :h, :w].clamp(-1.024, 3.071)
-        for c, p, b, t in zip(chunk, pred, base, tgt):
-            s = sums.setdefault(c["k"], [0.0, 0.0, 0])
+        lin = torch.from_numpy(np.stack([c["linear"] for c in chunk])).to(device)
+        x, (h, w) = pad_to_multiple(torch.cat([ctx, base, lin], 1), generator.multiple, -1.024)
+        n = ctx.shape[1]
+        pred = generator(x[:, :n], x[:, n:n + 1], pos, x[:, n + 1:])[..., :h, :w].clamp(-1.024, 3.071)
+        for c, p, b, t, li in zip(chunk, pred, base, tgt, lin):
+            s = sums.setdefault(c["k"], [0.0, 0.0, 0, 0.0])
             s[0] += float(((p - t) ** 2).mean())
             s[1] += float(((b.clamp(-1.024, 3.071) - t) ** 2).mean())
             s[2] += 1
+            s[3] += float(((li.clamp(-1.024, 3.071) - t) ** 2).mean())
     generator.train()
     result = {}
-    for k, (g, c, n) in sorted(sums.items()):
+    for k, (g, c, n, li) in sorted(sums.items()):
         result[f"k{k}_psnr_gan"] = psnr_hu(g / n)
         result[f"k{k}_psnr_cubic"] = psnr_hu(c / n)
+        result[f"k{k}_psnr_linear"] = psnr_hu(li / n)
     gains = [result[f"k{k}_psnr_gan"] - result[f"k{k}_psnr_cubic"] for k in sums]
     result["gain_db"] = float(np.mean(gains)) if gains else 0.0
     return result
@@ -273,17 +284,29 @@ def export_generator(state: dict, config: dict, out_dir: Path, extra_training: d
     report = sparsity_report(gen)
     card = ModelCard(
         name=config["model_name"], task="interpolation", architecture=GENERATOR_ARCH,
-        arch_args={k: config[k] for k in ("n_side", "base_channels", "levels", "pos_scale_mm", "residual_scale")},
+        arch_args={k: config[k] for k in ("n_side", "base_channels", "levels", "pos_scale_mm", "residual_scale",
+                                          "use_linear")},
         preprocessing={"hu_clip": [-1024, 3071], "scale": "HU/1000", "base": "cubic B-spline along z",
                        "output": "base + residual", "max_gap_mm": config["max_gap_mm"],
                        "context": f"{config['n_side']} acquired slices each side + distances in mm"},
-        training={**(extra_training or {}), "config": config, "parameters": report["parameters"],
+        training={**(extra_training or {}), "data_notes": config.get("data_notes", ""), "config": config, "parameters": report["parameters"],
                   "nonzero_parameters": report["nonzero_parameters"], "wp_sparsity": round(report["wp_sparsity"], 4)},
         metrics=metrics or {}, license="Apache-2.0", version=str(config["model_version"]))
     return save_model(gen.state_dict(), card, out_dir, half=True)
 
 
 # ----------------------------------------------------------------------------- training
+def make_g_opt(gen: SculptorGenerator, config: dict, lr: float) -> torch.optim.Optimizer:
+    """Adam (β1 0.5 as in pix2pix); the cubic/linear blend weights get ``blend_lr_mult``× the learning rate."""
+    blend = [p for n, p in gen.named_parameters() if n.startswith("blend.")]
+    rest = [p for n, p in gen.named_parameters() if not n.startswith("blend.")]
+    mult = float(config["blend_lr_mult"])
+    groups = [{"params": rest, "lr": lr, "lr_mult": 1.0}]
+    if blend:
+        groups.append({"params": blend, "lr": lr * mult, "lr_mult": mult})
+    return torch.optim.Adam(groups, lr=lr, betas=(0.5, 0.999))
+
+
 def make_recon_loss(config: dict):
     kind = config["recon_loss"]
     if kind == "l1":
@@ -298,7 +321,8 @@ def make_recon_loss(config: dict):
 
 def build_models(config: dict) -> tuple[SculptorGenerator, PatchDiscriminator]:
     gen = SculptorGenerator(n_side=config["n_side"], base_channels=config["base_channels"], levels=config["levels"],
-                            pos_scale_mm=config["pos_scale_mm"], residual_scale=config["residual_scale"])
+                            pos_scale_mm=config["pos_scale_mm"], residual_scale=config["residual_scale"],
+                            use_linear=config["use_linear"])
     disc = PatchDiscriminator(n_side=config["n_side"], channels=config["d_channels"], layers=config["d_layers"])
     return gen, disc
 
@@ -359,7 +383,7 @@ def main(argv=None) -> int:
     gen, disc = build_models(config)
     gen.to(device)
     disc.to(device)
-    g_opt = torch.optim.Adam(gen.parameters(), lr=config["lr"], betas=(0.5, 0.999))
+    g_opt = make_g_opt(gen, config, float(config["lr"]))
     d_opt = torch.optim.Adam(disc.parameters(), lr=config["d_lr"], betas=(0.5, 0.999))
     state = {"epoch": 0, "best": -float("inf"), "since_best": 0, "pruned": False, "prune_epoch": None,
              "elapsed": 0.0, "lr": float(config["lr"]), "plateau": 0, "plateau_best": -float("inf")}
@@ -367,7 +391,7 @@ def main(argv=None) -> int:
     if ckpt is not None:
         if ckpt["state"]["pruned"]:
             apply_magnitude_pruning(gen, float(config["prune_sparsity"]))
-            g_opt = torch.optim.Adam(gen.parameters(), lr=config["lr"], betas=(0.5, 0.999))
+            g_opt = make_g_opt(gen, config, float(config["lr"]))
         gen.load_state_dict(ckpt["generator"])
         disc.load_state_dict(ckpt["discriminator"])
         g_opt.load_state_dict(ckpt["g_opt"])
@@ -391,8 +415,8 @@ def main(argv=None) -> int:
         use_adv = config["adv_weight"] > 0 and epoch >= int(config["adv_start_epoch"])
         totals = np.zeros(3)
         for _ in range(iters):
-            ctx, pos, base, target = (t.to(device) for t in sampler.batch(int(config["batch_size"])))
-            fake = g_ddp(ctx, base, pos)
+            ctx, pos, base, target, linear = (t.to(device) for t in sampler.batch(int(config["batch_size"])))
+            fake = g_ddp(ctx, base, pos, linear)
             d_loss = torch.zeros((), device=device)
             if use_adv:  # a. discriminator step (LSGAN)
                 d_opt.zero_grad(set_to_none=True)
@@ -436,7 +460,7 @@ def main(argv=None) -> int:
                 if state["plateau"] >= int(config["plateau_patience"]):
                     state.update(lr=state["lr"] * float(config["plateau_factor"]), plateau=0)
                     for group in g_opt.param_groups:
-                        group["lr"] = state["lr"]
+                        group["lr"] = state["lr"] * group.get("lr_mult", 1.0)
         log(msg)
         # pruning (once), then fine-tuning
         early = state["since_best"] >= int(config["early_stop"])
@@ -445,7 +469,7 @@ def main(argv=None) -> int:
                 epoch == int(config["prune_epoch"]) or early or timed
                 or epoch >= int(config["max_epochs"]) - int(config["prune_finetune_epochs"])):
             apply_magnitude_pruning(unwrap(g_ddp), float(config["prune_sparsity"]))
-            g_opt = torch.optim.Adam(gen.parameters(), lr=state["lr"], betas=(0.5, 0.999))
+            g_opt = make_g_opt(gen, config, state["lr"])
             g_ddp = wrap_ddp(gen, info)
             state.update(pruned=True, prune_epoch=epoch, best=-float("inf"), since_best=0, plateau=0,
                          plateau_best=-float("inf"))

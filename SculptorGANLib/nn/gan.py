@@ -5,6 +5,9 @@ Generator input (channels, all B×C×H×W, intensities in normalized units, see 
 
 * ``context``: the ``2·n_side`` nearest acquired slices (n_side below, n_side above the target),
 * ``base``: the classical (cubic B-spline) estimate of the target slice,
+* ``linear`` (when ``use_linear``): the linear estimate too; the output starts from
+  ``base + β·(linear − base)`` with β a (zero-initialised) linear function of the positions, so the
+  network can first learn the best classical blend for each gap and then refine it,
 * ``positions``: the signed distance in millimetres from the target to each context slice
   (B×2·n_side, broadcast to constant planes inside the network after division by ``pos_scale_mm``),
   which tells the network the gap length, the slice spacing and where in the gap the target lies,
@@ -29,14 +32,15 @@ class SculptorGenerator(nn.Module):
     """2D WP-UNet (depthwise-separable conv + BN + ReLU stages, skip connections) predicting a residual."""
 
     def __init__(self, n_side: int = 2, base_channels: int = 24, levels: int = 3, pos_scale_mm: float = 10.0,
-                 residual_scale: float = 0.25):
+                 residual_scale: float = 0.25, use_linear: bool = False):
         super().__init__()
+        self.use_linear = bool(use_linear)
         if n_side < 1 or levels < 1:
             raise ValueError("n_side and levels must be >= 1")
         self.n_side, self.levels = n_side, levels
         self.pos_scale_mm, self.residual_scale = float(pos_scale_mm), float(residual_scale)
         n_ctx = 2 * n_side
-        in_ch = n_ctx + 1 + n_ctx  # context slices, base estimate, position planes
+        in_ch = n_ctx + 1 + int(self.use_linear) + n_ctx  # context slices, estimate(s), position planes
         chans = [base_channels * 2 ** i for i in range(levels + 1)]
         self.stem = ConvBNReLU(in_ch, chans[0], dims=2)
         self.enc = nn.ModuleList([WPStage(chans[0], chans[0], dims=2)] +
@@ -45,16 +49,27 @@ class SculptorGenerator(nn.Module):
         self.head = nn.Conv2d(chans[0], 1, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if self.use_linear:
+            self.blend = nn.Linear(n_ctx, 1)
+            nn.init.zeros_(self.blend.weight)
+            nn.init.zeros_(self.blend.bias)
 
     @property
     def multiple(self) -> int:
         """Input height/width must be a multiple of this (callers pad)."""
         return 2 ** self.levels
 
-    def forward(self, context: torch.Tensor, base: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, base: torch.Tensor, positions: torch.Tensor,
+                linear: torch.Tensor | None = None) -> torch.Tensor:
         b, _, h, w = context.shape
-        planes = (positions / self.pos_scale_mm).to(context.dtype)[:, :, None, None].expand(b, -1, h, w)
-        x = self.stem(torch.cat([context, base, planes], dim=1))
+        pos = (positions / self.pos_scale_mm).to(context.dtype)
+        planes = pos[:, :, None, None].expand(b, -1, h, w)
+        estimates = [base]
+        if self.use_linear:
+            if linear is None:
+                raise ValueError("this generator needs the linear estimate as well")
+            estimates.append(linear)
+        x = self.stem(torch.cat([context, *estimates, planes], dim=1))
         skips = []
         for i, stage in enumerate(self.enc):
             if i > 0:
@@ -66,7 +81,10 @@ class SculptorGenerator(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = stage(torch.cat([x, skip], dim=1))
-        return base + self.residual_scale * self.head(x)
+        start = base
+        if self.use_linear:
+            start = base + self.blend(pos)[:, :, None, None] * (linear - base)
+        return start + self.residual_scale * self.head(x)
 
 
 class PatchDiscriminator(nn.Module):
@@ -91,7 +109,7 @@ class PatchDiscriminator(nn.Module):
 def build_generator(arch_args: dict | None = None) -> SculptorGenerator:
     """A generator from a model card's ``arch_args``."""
     args = dict(arch_args or {})
-    known = {"n_side", "base_channels", "levels", "pos_scale_mm", "residual_scale"}
+    known = {"n_side", "base_channels", "levels", "pos_scale_mm", "residual_scale", "use_linear"}
     return SculptorGenerator(**{k: v for k, v in args.items() if k in known})
 
 
