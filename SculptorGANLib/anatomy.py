@@ -1,4 +1,4 @@
-"""Anatomical helpers on labelmaps: patient left/right from geometry, connected components."""
+"""Anatomical helpers on labelmaps: patient left/right from geometry, components, crops."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,50 +12,82 @@ def physical_x(geometry: Geometry, shape: tuple[int, int, int], zyx: np.ndarray)
     return geometry.index_to_physical(np.asarray(zyx, dtype=float)[:, ::-1])[:, 0]
 
 
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi) zyx bounds (hi exclusive) of the non-zero voxels, from axis projections; None if empty."""
+    bounds = []
+    for axis in range(3):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        bounds.append((hit[0], hit[-1] + 1))
+    lo, hi = np.array(bounds).T
+    return lo, hi
+
+
+def shifted_geometry(geometry: Geometry, offset_zyx: np.ndarray) -> Geometry:
+    """Geometry of a sub-grid whose voxel (0, 0, 0) is voxel ``offset_zyx`` of ``geometry``'s grid."""
+    origin = geometry.index_to_physical(np.asarray(offset_zyx, dtype=float)[::-1])
+    return Geometry(geometry.spacing, tuple(origin), geometry.direction)
+
+
 def component_centroids(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """Connected components (26-connectivity): (labels, count, (count, 3) centroids in zyx)."""
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return components, 0, np.zeros((0, 3))
-    centroids = np.asarray(ndimage.center_of_mass(mask, components, range(1, count + 1)))
+    index = np.nonzero(components)
+    ids = components[index]
+    sizes = np.bincount(ids, minlength=count + 1)[1:]
+    centroids = np.stack([np.bincount(ids, weights=axis_index, minlength=count + 1)[1:] / np.maximum(sizes, 1)
+                          for axis_index in index], axis=1) if count else np.zeros((0, 3))
     return components, count, centroids
 
 
 def body_midline_x(ct_array: np.ndarray | None, geometry: Geometry, shape: tuple[int, int, int]) -> float:
     """LPS x of the body's midline: the centroid of tissue above -500 HU (grid centre without a CT)."""
     if ct_array is not None:
-        body = ct_array > -500
+        body = ct_array[::2, ::2, ::2] > -500  # every other voxel is plenty for a centroid
         if body.any():
-            centre = np.asarray(ndimage.center_of_mass(body))[None]
-            return float(physical_x(geometry, shape, centre)[0])
+            centre = np.asarray(ndimage.center_of_mass(body)) * 2
+            return float(physical_x(geometry, shape, centre[None])[0])
     centre = (np.asarray(shape, dtype=float) - 1) / 2
     return float(physical_x(geometry, shape, centre[None])[0])
 
 
-def split_structures(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Binary masks for 'kidney_left', 'kidney_right' and 'tumor' (empty structures omitted).
+def structure_crops(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each structure as (boolean mask cropped to the labels' bounding box, zyx offset of the crop).
 
-    Kidney voxels are assigned to the patient's left or right by the physical x of their connected
-    component relative to the body midline, so the result does not depend on array orientation.
+    Structures: 'kidney_left', 'kidney_right', 'tumor' and any further label by its name (empty ones
+    omitted). Kidney voxels go to the patient's left or right by the physical x of their connected
+    component against the body midline, so the result does not depend on array orientation.
     """
-    arr = labels.array
+    box = bounding_box(labels.array)
+    if box is None:
+        return {}
+    lo, hi = box
+    arr = labels.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     out: dict[str, np.ndarray] = {}
     kidney = arr == KIDNEY
     if kidney.any():
         components, count, centroids = component_centroids(kidney)
         midline = body_midline_x(ct_array, labels.geometry, labels.shape)
-        xs = physical_x(labels.geometry, labels.shape, centroids)
-        left_ids = [i + 1 for i in range(count) if xs[i] > midline]
-        left = np.isin(components, left_ids)
+        xs = physical_x(shifted_geometry(labels.geometry, lo), arr.shape, centroids)
+        left = np.isin(components, [i + 1 for i in range(count) if xs[i] > midline])
         if left.any():
             out["kidney_left"] = left
-        right = kidney & ~left
-        if right.any():
-            out["kidney_right"] = right
-    tumor = arr == TUMOR
-    if tumor.any():
-        out["tumor"] = tumor
-    for value, name in labels.labels.items():  # any further labels keep their own names
+        if (kidney & ~left).any():
+            out["kidney_right"] = kidney & ~left
+    if (arr == TUMOR).any():
+        out["tumor"] = arr == TUMOR
+    for value, name in labels.labels.items():
         if value not in (KIDNEY, TUMOR) and (arr == value).any():
             out[name] = arr == value
-    return out
+    return {name: (mask, lo) for name, mask in out.items()}
+
+
+def split_structures(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Full-grid boolean masks for 'kidney_left', 'kidney_right', 'tumor' (see :func:`structure_crops`)."""
+    full = {}
+    for name, (mask, lo) in structure_crops(labels, ct_array).items():
+        grid = np.zeros(labels.shape, bool)
+        grid[lo[0]:lo[0] + mask.shape[0], lo[1]:lo[1] + mask.shape[1], lo[2]:lo[2] + mask.shape[2]] = mask
+        full[name] = grid
+    return full

@@ -99,12 +99,16 @@ def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tu
 
 def _run_surfaces(labels: LabelVolume, ct: CTVolume, options: PipelineOptions) -> tuple[dict, dict, dict]:
     from .measure import measure_structures
+    from .shape_interpolation import thick_axis
     from .surfaces import labelmap_to_meshes
 
-    meshes = labelmap_to_meshes(labels, ct.array if ct.same_grid(labels) else None, smoothing=options.smoothing)
-    measurements = measure_structures(labels, meshes, ct.array if ct.same_grid(labels) else None)
-    info = {"method": "discrete flying edges + windowed-sinc smoothing (VTK)", "smoothing": options.smoothing,
-            "structures": sorted(meshes)}
+    ct_array = ct.array if ct.same_grid(labels) else None
+    meshes = labelmap_to_meshes(labels, ct_array, smoothing=options.smoothing)
+    measurements = measure_structures(labels, meshes, ct_array)
+    method = "discrete flying edges + windowed-sinc smoothing (VTK)"
+    if thick_axis(labels.geometry.spacing[::-1]) is not None:
+        method = "shape-based interpolation + " + method
+    info = {"method": method, "smoothing": options.smoothing, "structures": sorted(meshes)}
     return meshes, measurements, info
 
 
