@@ -348,3 +348,16 @@ def test_module_self_test_runs(env):
     case.run(outcome)
     assert outcome.wasSuccessful(), outcome.errors + outcome.failures
     assert not outcome.skipped
+
+
+def test_nothing_found_gives_empty_segments_to_paint(env, tmp_path):
+    """A CT without kidneys: the three segments exist (empty, ready to paint); export says why it cannot."""
+    from SculptorGANLib.volume import CTVolume
+    from SculptorGANModuleLib import mrml
+
+    air = mrml.volumeNodeFromCT(CTVolume(np.full((10, 32, 32), -1000, np.float32)), "Air", env["scene"])
+    result = env["logic"].process(air, steps=("segment", "surfaces"))
+    assert mrml.segmentIds(result.segmentationNode) == ["kidney_left", "kidney_right", "tumor"]
+    assert result.tableNode.GetTable().GetNumberOfRows() == 0
+    with pytest.raises(ValueError, match="no non-empty segment"):
+        env["logic"].exportModels(result.segmentationNode, str(tmp_path))
