@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nrrd
 import numpy as np
 
 from .errors import InputError, OutputError
@@ -32,6 +31,8 @@ def internal_name(name: str) -> str:
 
 def write_seg_nrrd(labels: LabelVolume, path: str | Path) -> Path:
     """Write ``labels`` as a Slicer segmentation file (each label value becomes a named segment)."""
+    import nrrd  # imported here so Slicer needs pynrrd only when writing files
+
     path = Path(path)
     g = labels.geometry
     axes = g.direction_matrix @ np.diag(g.spacing)  # columns: x, y, z axis vectors in LPS
@@ -78,6 +79,8 @@ def write_seg_nrrd(labels: LabelVolume, path: str | Path) -> Path:
 
 def read_seg_nrrd(path: str | Path) -> LabelVolume:
     """Read a single-layer ``.seg.nrrd`` (as Slicer writes it) into a LabelVolume."""
+    import nrrd
+
     path = Path(path)
     try:
         data, header = nrrd.read(str(path), index_order="C")

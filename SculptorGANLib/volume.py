@@ -15,11 +15,11 @@ import numpy as np
 BACKGROUND, KIDNEY, TUMOR = 0, 1, 2
 #: Default label names; left/right kidney are split only when surfaces are made.
 LABEL_NAMES: dict[int, str] = {KIDNEY: "kidney", TUMOR: "tumor"}
-#: Structure colors (RGB 0-1) close to Slicer's anatomical defaults.
+#: Structure colors (RGB 0-1), Slicer's anatomical defaults.
 STRUCTURE_COLORS: dict[str, tuple[float, float, float]] = {
-    "kidney": (0.725, 0.49, 0.396),
-    "kidney_left": (0.725, 0.49, 0.396),
-    "kidney_right": (0.835, 0.553, 0.443),
+    "kidney": (185 / 255, 102 / 255, 83 / 255),  # Slicer's recommended Kidney colour, both sides
+    "kidney_left": (185 / 255, 102 / 255, 83 / 255),
+    "kidney_right": (185 / 255, 102 / 255, 83 / 255),
     "tumor": (0.565, 0.933, 0.565),
 }
 
