@@ -141,7 +141,12 @@ def load_network(card, device):
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"{card.path}: weights do not fit the architecture in the card ({str(exc)[:200]})") from None
-    net = net.to(device).eval()
+    net = net.eval()
+    if card.architecture == "wpunet":
+        from .nn.wpunet import fuse_for_inference
+
+        net = fuse_for_inference(net)
+    net = net.to(device)
     if device.type == "cpu":
         from .nn.blocks import to_fast_layout
 
@@ -216,8 +221,14 @@ def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, po
     if progress:
         progress(0.9, "mapping back to the input grid")
     out = probabilities_to_grid(fg, tumor_frac, geo, ct.geometry, ct.shape)
-    if postprocess:
-        out = post(LabelVolume(out, ct.geometry), ct.array, morph_mm=0.0).array
+    if postprocess and out.any():
+        # components were chosen on the model grid; here only tidy the interpolated result (in its box)
+        from .postprocess import drop_specks, fill_holes, tumor_attached
+
+        idx = np.argwhere(out > 0)
+        box = tuple(slice(max(0, a - 2), b + 3) for a, b in zip(idx.min(0), idx.max(0)))
+        part = drop_specks(out[box], LabelVolume(out[:1, :1, :1], ct.geometry).voxel_volume_ml, 0.2)
+        out[box] = fill_holes(tumor_attached(part))
     return out, {"model_grid": list(hu.shape), "model_spacing": list(spacing), "window": list(window)}
 
 

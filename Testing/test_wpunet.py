@@ -28,7 +28,7 @@ def test_fast_layout_model_matches_default_layout():
         assert torch.allclose(a(x), b(x.contiguous(memory_format=torch.channels_last_3d)), atol=1e-5)
 
 
-@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("target", [0.3, 0.8])
 def test_pruning_reaches_target_sparsity_and_survives_export(target):
     net = WPUNet(1, 3, features=(4, 8, 16), dims=3)
     apply_magnitude_pruning(net, target)
@@ -47,7 +47,7 @@ def test_pruned_weights_stay_zero_while_training():
     net = WPUNet(1, 3, features=(4, 8), dims=3)
     apply_magnitude_pruning(net, 0.5)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(3):
+    for _ in range(2):
         loss = net(torch.randn(2, 1, 8, 8, 8)).square().mean()
         opt.zero_grad()
         loss.backward()
@@ -56,6 +56,20 @@ def test_pruned_weights_stay_zero_while_training():
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in prunable_parameters(net))
     total = sum(getattr(m, n).numel() for m, n in prunable_parameters(net))
     assert zeros / total == pytest.approx(0.5, abs=0.01)
+
+
+def test_bn_fusion_keeps_outputs():
+    from SculptorGANLib.nn.wpunet import fuse_for_inference
+
+    torch.manual_seed(0)
+    net = WPUNet(1, 3, features=(4, 8), dims=3)
+    net(torch.randn(2, 1, 8, 8, 8))  # move BN running stats away from the identity
+    net.eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+        fused = fuse_for_inference(net)(x)
+    assert torch.allclose(ref, fused, atol=1e-4)
 
 
 def test_composite_loss_prefers_correct_prediction():

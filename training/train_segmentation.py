@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations in total")
     ap.add_argument("--export", type=Path, default=None, help="export OUT's best checkpoint to this folder and exit")
     ap.add_argument("--export-which", default="best", choices=("best", "last"))
+    ap.add_argument("--card-extra", type=Path, default=None,
+                    help="JSON file merged into the exported model card (data description, license, metrics)")
     args = ap.parse_args(argv)
 
     run_dir = args.out
@@ -340,7 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         config = load_config(DEFAULTS, args.config, args.set)
     if args.export:
-        path = export(run_dir, args.export, config, args.export_which)
+        extra = json.loads(args.card_extra.read_text()) if args.card_extra else None
+        path = export(run_dir, args.export, config, args.export_which, extra)
         print(f"exported {path}")
         return {"card": str(path)}
 
