@@ -259,7 +259,7 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
     plan = plan_grid(ct, factor, target_spacing, fill_missing)
     if progress is not None:
         progress(0.0, f"interpolating ({method})")
-    info: dict = {"method": method, "requested_method": method}
+    info: dict = {"method": method, "requested_method": method, "model": None, "model_version": None, "device": "cpu"}
     if method == "gan":
         base = classical_slices(ct, plan, "cubic")
         try:
