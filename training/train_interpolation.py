@@ -296,6 +296,18 @@ def export_generator(state: dict, config: dict, out_dir: Path, extra_training: d
 
 
 # ----------------------------------------------------------------------------- training
+def gather_rng_states(rng: np.random.Generator, info: DistInfo) -> list[dict]:
+    """Every rank's random-generator states (each rank samples its own data), for exact resumption."""
+    mine = {"rng": rng_state(), "np_generator": json.dumps(rng.bit_generator.state)}
+    if not info.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
 def make_g_opt(gen: SculptorGenerator, config: dict, lr: float) -> torch.optim.Optimizer:
     """Adam (β1 0.5 as in pix2pix); the cubic/linear blend weights get ``blend_lr_mult``× the learning rate."""
     blend = [p for n, p in gen.named_parameters() if n.startswith("blend.")]
@@ -397,8 +409,10 @@ def main(argv=None) -> int:
         g_opt.load_state_dict(ckpt["g_opt"])
         d_opt.load_state_dict(ckpt["d_opt"])
         state.update(ckpt["state"])
-        set_rng_state(ckpt["rng"])
-        rng.bit_generator.state = json.loads(ckpt["np_generator"])
+        ranks = ckpt["rng_ranks"]
+        mine = ranks[info.rank] if info.rank < len(ranks) else ranks[0]
+        set_rng_state(mine["rng"])
+        rng.bit_generator.state = json.loads(mine["np_generator"])
         log(f"resumed from {run_dir / 'last.pt'} at epoch {state['epoch']}")
     g_ddp, d_ddp = wrap_ddp(gen, info), wrap_ddp(disc, info)
     log(f"generator {count_parameters(gen)} parameters, discriminator {count_parameters(disc)}; "
@@ -418,9 +432,10 @@ def main(argv=None) -> int:
             ctx, pos, base, target, linear = (t.to(device) for t in sampler.batch(int(config["batch_size"])))
             fake = g_ddp(ctx, base, pos, linear)
             d_loss = torch.zeros((), device=device)
-            if use_adv:  # a. discriminator step (LSGAN)
+            if use_adv:  # a. discriminator step (LSGAN), real and synthesized slices in one forward
                 d_opt.zero_grad(set_to_none=True)
-                d_loss = 0.5 * (((d_ddp(ctx, target) - 1) ** 2).mean() + (d_ddp(ctx, fake.detach()) ** 2).mean())
+                d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
+                d_loss = 0.5 * (((d_real - 1) ** 2).mean() + (d_fake ** 2).mean())
                 d_loss.backward()
                 d_opt.step()
             # b. generator step: reconstruction + adversarial
@@ -430,7 +445,7 @@ def main(argv=None) -> int:
             if use_adv:
                 for p in disc.parameters():
                     p.requires_grad_(False)
-                adv = ((d_ddp(ctx, fake) - 1) ** 2).mean()
+                adv = ((disc(ctx, fake) - 1) ** 2).mean()  # unwrapped: no gradient sync for D here
                 for p in disc.parameters():
                     p.requires_grad_(True)
                 loss = loss + config["adv_weight"] * adv
@@ -479,8 +494,8 @@ def main(argv=None) -> int:
             stop_reason = "early_stop"
         save_checkpoint(run_dir / "last.pt", {
             "generator": unwrap(g_ddp).state_dict(), "discriminator": unwrap(d_ddp).state_dict(),
-            "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "state": state, "rng": rng_state(),
-            "np_generator": json.dumps(rng.bit_generator.state)}, info)
+            "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "state": state,
+            "rng_ranks": gather_rng_states(rng, info)}, info)
         if state["pruned"] and state["prune_epoch"] is not None and \
                 epoch - state["prune_epoch"] >= int(config["prune_finetune_epochs"]):
             stop_reason = "pruned and fine-tuned"
