@@ -85,6 +85,9 @@ def _train(info, run_dir: Path, mode: str, use_ddp: bool = True) -> torch.nn.Mod
 
 
 def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang fails the test instead of blocking it
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)

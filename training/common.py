@@ -221,7 +221,12 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup_distributed(info: DistInfo) -> None:
+    """Leave the process group. Unreachable DDP wrappers (e.g. one replaced by a re-wrap after pruning)
+    are collected first: collected after the group is gone, their destructor hangs the process."""
     if info.distributed and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
 
 
