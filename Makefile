@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(VENV)/bin/sculptorgan demo --out demo_output
+	PYTHONUTF8=1 VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(VENV)/bin/sculptorgan demo --out demo_output
 
 test: $(STAMP)
-	VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(PY) -m pytest -q Testing
+	PYTHONUTF8=1 VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(PY) -m pytest -q Testing
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -95,7 +95,7 @@ def _with_missing(ct, missing: tuple[int, ...] | None):
 def _print_summary(report_path: Path) -> None:
     import json
 
-    report = json.loads(report_path.read_text())
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     print(f"Results in {report_path.parent}")
     for stage, info in report["methods"].items():
         print(f"  {stage:12s} {info.get('method')}  ({report['timings_s'].get(stage, 0):.2f} s)")

@@ -1,13 +1,27 @@
 """DICOM series reading with detection of missing slices (irregular slice positions)."""
 from __future__ import annotations
 
+import contextlib
+import locale
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
 from .volume import CTVolume, Geometry
+
+
+@contextlib.contextmanager
+def preserved_locale() -> Iterator[None]:
+    """Undo GDCM's habit of switching the process locale to "C" (which makes Python's default text
+    encoding ASCII for the rest of the process)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def _slice_positions(files: list[str], normal: np.ndarray) -> np.ndarray:
@@ -42,6 +56,11 @@ def regular_grid_indices(positions: np.ndarray, tolerance: float = 0.2) -> tuple
 
 def read_dicom_series(folder: Path) -> CTVolume:
     """Read the largest DICOM series in ``folder`` onto a regular grid, recording missing slices."""
+    with preserved_locale():
+        return _read_dicom_series(folder)
+
+
+def _read_dicom_series(folder: Path) -> CTVolume:
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(f"{folder}: no DICOM series found in this folder")

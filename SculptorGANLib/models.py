@@ -68,7 +68,7 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     if not path.is_file():
         raise InputError(f"{path}: model card not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         known = {k: v for k, v in data.items() if k in ModelCard.__dataclass_fields__ and k != "path"}
         card = ModelCard(**known, path=path)
     except (json.JSONDecodeError, TypeError) as exc:
@@ -137,6 +137,6 @@ def save_model(state_dict: dict, card: ModelCard, out_dir: str | os.PathLike, ha
     card.weights = weights.name
     card.sha256 = sha256_of(weights)
     card_path = out_dir / f"{card.name}.json"
-    card_path.write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    card_path.write_text(json.dumps(card.to_json(), indent=2) + "\n", encoding="utf-8")
     card.path = card_path
     return card_path

@@ -74,5 +74,5 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     return path

@@ -209,7 +209,7 @@ def _write_outputs(outputs: WorkerOutputs, out_dir: Path, source: str) -> Path:
         for name in manifest["files"].values():
             os.replace(staging / name, out_dir / name)
         tmp = staging / MANIFEST
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        tmp.write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
         os.replace(tmp, out_dir / MANIFEST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -221,7 +221,7 @@ def read_outputs(out_dir: str | os.PathLike) -> tuple[dict, Any, Any]:
     from .io import read_ct, read_labels
 
     out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / MANIFEST).read_text())
+    manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
     files = manifest.get("files", {})
     ct = read_ct(out_dir / files["ct"]) if "ct" in files else None
     structures = None

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from SculptorGANLib.dicom import preserved_locale
 from SculptorGANLib.errors import InputError
 from SculptorGANLib.io import read_ct, read_labels, write_volume
 from SculptorGANLib.volume import CTVolume, LabelVolume
@@ -48,6 +49,11 @@ def test_seg_nrrd_is_readable_by_itk_with_same_geometry(tmp_path, oblique_geomet
 
 def _write_dicom_series(folder, array, spacing_xy, positions_z):
     """One CT slice per file at the given z positions (mm)."""
+    with preserved_locale():
+        _write_slices(folder, array, spacing_xy, positions_z)
+
+
+def _write_slices(folder, array, spacing_xy, positions_z):
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -66,12 +72,12 @@ def _write_dicom_series(folder, array, spacing_xy, positions_z):
 def test_dicom_series_with_missing_slices(tmp_path):
     full = np.arange(8)[:, None, None] * 10 + np.zeros((8, 6, 5))
     kept = [0, 1, 2, 4, 5, 7]  # slices 3 and 6 missing
-    _write_dicom_series(tmp_path / "dcm", full[kept], (0.7, 0.7), [2.5 * k for k in kept])
+    _write_dicom_series(tmp_path / "dcm", full[kept], (0.7, 0.7), [2.5 * k + 0.25 for k in kept])
     ct = read_ct(tmp_path / "dcm")
     assert ct.shape == (8, 6, 5)
     assert ct.missing_slices == (3, 6)
     np.testing.assert_allclose(ct.geometry.spacing, (0.7, 0.7, 2.5), atol=1e-4)
-    np.testing.assert_allclose(ct.geometry.origin, (-10, -20, 0), atol=1e-4)
+    np.testing.assert_allclose(ct.geometry.origin, (-10, -20, 0.25), atol=1e-4)
     np.testing.assert_allclose(ct.array[kept, 0, 0], full[kept, 0, 0])
     np.testing.assert_allclose(ct.array[3, 0, 0], 30)  # linear placeholder between 2 and 4
 
@@ -98,3 +104,12 @@ def test_real_ct_reads_in_hu():
     assert -1300 < ct.array.min() < -900 and ct.array.max() > 500
     assert -200 < np.median(ct.array) < 0  # fat-dominated abdomen: values are HU, not rescaled
     assert ct.geometry.spacing == pytest.approx((3.0, 3.0, 3.0), abs=0.01)
+
+
+def test_reading_dicom_keeps_the_text_encoding(tmp_path):
+    import locale
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    _write_dicom_series(tmp_path / "d", np.zeros((3, 4, 4)), (0.5, 0.5), [0.75, 1.75, 2.75])
+    read_ct(tmp_path / "d")
+    assert locale.setlocale(locale.LC_CTYPE) == before

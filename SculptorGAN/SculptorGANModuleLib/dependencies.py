@@ -47,7 +47,7 @@ def constraintsFile(directory: str | None = None) -> str:
         if version:
             lines.append(f"{name}=={version}")
     handle, path = tempfile.mkstemp(prefix="SculptorGAN-constraints-", suffix=".txt", dir=directory)
-    with os.fdopen(handle, "w") as f:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
 
