@@ -163,9 +163,10 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
     slices = normalize(ct.array[plan.known])
     n_side = net.n_side
     max_gap = float(card.preprocessing.get("max_gap_mm", np.inf)) if card else np.inf
+    min_gap = float(card.preprocessing.get("min_gap_mm", 0.0)) if card else 0.0
     exact = _exact_known(plan)
     inside = (plan.targets > known[0]) & (plan.targets < known[-1])
-    jobs, skipped_wide = [], 0
+    jobs, skipped_wide, skipped_narrow = [], 0, 0
     for i, t in enumerate(plan.targets):
         if exact[i]:
             if enhance and inside[i] and len(known) >= 3:
@@ -174,8 +175,12 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
         if not inside[i]:
             continue
         j = np.searchsorted(known, t)
-        if (known[j] - known[j - 1]) * dz > max_gap + 1e-6:
+        gap = (known[j] - known[j - 1]) * dz
+        if gap > max_gap + 1e-6:
             skipped_wide += 1
+            continue
+        if gap < min_gap - 1e-6:
+            skipped_narrow += 1
             continue
         jobs.append((i, False))
     out = base_hu.copy()
@@ -219,7 +224,8 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
             progress(done / max(len(jobs), 1), f"SculptorGAN: {done}/{len(jobs)} slices")
     stats = {"synthesized_by_gan": sum(1 for _, loo in jobs if not loo),
              "enhanced_slices": sum(1 for _, loo in jobs if loo),
-             "cubic_fallback_slices_gap_too_wide": skipped_wide}
+             "cubic_fallback_slices_gap_too_wide": skipped_wide,
+             "cubic_fallback_slices_gap_too_narrow": skipped_narrow}
     return out, stats
 
 
@@ -292,9 +298,11 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
                 slices, stats = _gan_slices(*args, dev, **kw)
                 info.update(device="cpu", fallback="GPU out of memory; ran on the CPU")
             info.update(stats)
-            if stats["cubic_fallback_slices_gap_too_wide"]:
-                info["note"] = (f"{stats['cubic_fallback_slices_gap_too_wide']} slices lie in gaps wider than the "
-                                f"model was trained for ({card.preprocessing.get('max_gap_mm')} mm): cubic used there")
+            wide, narrow = stats["cubic_fallback_slices_gap_too_wide"], stats["cubic_fallback_slices_gap_too_narrow"]
+            if wide or narrow:
+                info["note"] = (f"{wide + narrow} slices lie in gaps outside the model's range "
+                                f"({card.preprocessing.get('min_gap_mm', 0)}–{card.preprocessing.get('max_gap_mm')} mm): "
+                                "cubic used there")
     else:
         slices = classical_slices(ct, plan, method)
     if smoothing_mm > 0:

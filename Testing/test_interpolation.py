@@ -37,7 +37,8 @@ def tiny_model(tmp_path_factory):
     from training.train_interpolation import DEFAULTS, build_models, export_generator
 
     torch.manual_seed(0)
-    config = {**DEFAULTS, "base_channels": 4, "levels": 2, "model_name": "tiny_interp", "max_gap_mm": 16.0}
+    config = {**DEFAULTS, "base_channels": 4, "levels": 2, "model_name": "tiny_interp", "max_gap_mm": 16.0,
+              "min_gap_mm": 1.0}
     gen = build_models(config)[0]
     torch.nn.init.normal_(gen.head.weight, std=0.05)
     torch.nn.init.constant_(gen.blend.bias, 0.3)  # part-way between cubic and linear
@@ -112,7 +113,12 @@ def test_gap_wider_than_trained_falls_back_to_cubic(phantom, tiny_model):
     wide = CTVolume(thick.array, thick.geometry.with_z_spacing(20.0))
     cubic, _ = interpolate(wide, factor=2, method="cubic")
     gan, info = interpolate(wide, factor=2, method="gan", model=str(tiny_model))
-    assert info["cubic_fallback_slices_gap_too_wide"] == wide.shape[0] - 1
+    assert info["cubic_fallback_slices_gap_too_wide"] == wide.shape[0] - 1 and "note" in info
+    np.testing.assert_array_equal(gan.array, cubic.array)
+    narrow = CTVolume(thick.array, thick.geometry.with_z_spacing(0.5))  # below the card's min_gap_mm (1 mm)
+    cubic, _ = interpolate(narrow, factor=2, method="cubic")
+    gan, info = interpolate(narrow, factor=2, method="gan", model=str(tiny_model))
+    assert info["cubic_fallback_slices_gap_too_narrow"] == narrow.shape[0] - 1
     np.testing.assert_array_equal(gan.array, cubic.array)
 
 

@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--time-full", action="store_true", help="also time each method on the whole --data volume (k=2)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--markdown", default=None, help="write a markdown table here")
+    p.add_argument("--data-license", default="Apache-2.0 (TotalSegmentator repository example CT)",
+                   help="license of --data, recorded in the model card")
     p.add_argument("--update-card", default=None, metavar="CARD",
                    help="write the results into this model card's 'metrics' (its weights checksum is unchanged)")
     args = p.parse_args(argv)
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
                          "4095, pooled MSE), SSIM (2D per slice, mean), MAE (HU); restored slices only; first/last k "
                          "slices excluded; all k phases pooled"),
             "evaluation_data": f"{Path(args.data).name} slices {z0}:{z1}",
+            "evaluation_data_license": args.data_license,
             "command": "python benchmarks/interpolation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "results": {key: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()}
                         for key, r in results.items()},

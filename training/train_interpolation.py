@@ -52,6 +52,7 @@ DEFAULTS: dict = {
     "k_min": 2, "k_max": 6,         # dropped-slice factors (slices of the source grid)
     "irregular_prob": 0.2,          # fraction of samples with irregular gaps (missing-slice filling)
     "max_gap_mm": 24.0,             # widest gap trained; wider gaps fall back to cubic at inference
+    "min_gap_mm": 0.0,              # (model card only) narrower gaps fall back to cubic at inference
     "val_factors": [2, 4],
     # model
     "n_side": 2, "base_channels": 24, "levels": 3, "pos_scale_mm": 10.0, "residual_scale": 0.25,
@@ -288,6 +289,7 @@ def export_generator(state: dict, config: dict, out_dir: Path, extra_training: d
                                           "use_linear")},
         preprocessing={"hu_clip": [-1024, 3071], "scale": "HU/1000", "base": "cubic B-spline along z",
                        "output": "base + residual", "max_gap_mm": config["max_gap_mm"],
+                       "min_gap_mm": config["min_gap_mm"],
                        "context": f"{config['n_side']} acquired slices each side + distances in mm"},
         training={**(extra_training or {}), "data_notes": config.get("data_notes", ""), "config": config, "parameters": report["parameters"],
                   "nonzero_parameters": report["nonzero_parameters"], "wp_sparsity": round(report["wp_sparsity"], 4)},
@@ -367,8 +369,12 @@ def main(argv=None) -> int:
         if not args.export:
             raise SystemExit("--export-only needs --export DIR")
         best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+        record = json.loads(saved.read_text()) if saved.is_file() else {}
+        train_cmd = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else None
         card = export_generator(best["generator"], config, Path(args.export),
-                                {"command": command, "best": best.get("val")}, None)
+                                {"command": train_cmd, "export_command": command, "best_epoch": best.get("epoch"),
+                                 "pruned": best.get("pruned"), "validation": best.get("val"),
+                                 "git_revision": record.get("git_revision"), "data": record.get("data")}, None)
         print(f"exported {card}")
         return 0
 
@@ -391,6 +397,9 @@ def main(argv=None) -> int:
     sampler = SliceSampler(train_vols, config, rng)
     val_items = build_val_set(val_vols, list(config["val_factors"]), int(config["n_side"]))
     write_run_record(run_dir, config, [v["name"] for v in train_vols] + ["val:" + v["name"] for v in val_vols], info)
+    if info.is_main:
+        with open(run_dir / "command.txt", "a") as handle:
+            handle.write(command + "\n")
 
     gen, disc = build_models(config)
     gen.to(device)
