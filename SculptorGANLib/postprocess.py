@@ -24,9 +24,37 @@ def _ball_mm(spacing_xyz, radius_mm: float) -> np.ndarray:
     return (zz * sp[0]) ** 2 + (yy * sp[1]) ** 2 + (xx * sp[2]) ** 2 <= radius_mm ** 2 + 1e-6
 
 
+def _in_posterior_body(comps, n, centroids, ct_array, labels: LabelVolume) -> list[bool]:
+    """Whether each component's centroid lies behind the body's centre (LPS +y) on its own slices.
+
+    Native kidneys are retroperitoneal, posterior to the centre of the abdominal cross-section; the
+    bladder, bowel loops and liver edge that a network may confuse with them mostly are not.
+    (Pelvic or transplant kidneys would be dropped by this rule; it can be switched off.)
+    """
+    if ct_array is None:
+        return [True] * n
+    body = ct_array > -500
+    geo = labels.geometry
+    out = []
+    for i in range(n):
+        zs = np.nonzero((comps == i + 1).any(axis=(1, 2)))[0]
+        region = body[zs.min(): zs.max() + 1]
+        if not region.any():
+            out.append(True)
+            continue
+        bc = np.asarray(ndimage.center_of_mass(region)) + [zs.min(), 0, 0]
+        pts = geo.index_to_physical(np.stack([bc, centroids[i]])[:, ::-1])
+        out.append(bool(pts[1, 1] > pts[0, 1]))  # LPS y grows towards posterior
+    return out
+
+
 def keep_kidneys(labels: LabelVolume, ct_array: np.ndarray | None = None, min_ml: float = 5.0,
-                 max_per_side: int = 1) -> np.ndarray:
-    """Labels keeping, per body side, the largest kidney+tumor component(s) of at least ``min_ml``."""
+                 max_per_side: int = 1, posterior_only: bool = True) -> np.ndarray:
+    """Labels keeping, per body side, the largest kidney+tumor component(s) of at least ``min_ml``.
+
+    With a CT and ``posterior_only``, components whose centroid is anterior to the body's centre
+    on their slices are not candidates (see :func:`_in_posterior_body`).
+    """
     arr = labels.array
     fg = arr > 0
     comps, n = ndimage.label(fg, structure=_CONN)
@@ -39,9 +67,11 @@ def keep_kidneys(labels: LabelVolume, ct_array: np.ndarray | None = None, min_ml
     centroids = np.asarray(ndimage.center_of_mass(fg, comps, idx)).reshape(-1, 3)
     midline = body_midline_x(ct_array, labels.geometry, labels.shape)
     xs = physical_x(labels.geometry, labels.shape, centroids)
+    posterior_ok = _in_posterior_body(comps, n, centroids, ct_array, labels) if posterior_only else [True] * n
     keep = []
     for side in (1, -1):  # +: patient left (LPS +x), -: patient right
-        cand = [i for i in range(n) if np.sign(xs[i] - midline + 1e-9) == side and kidney_sizes[i] > 0 and sizes[i] >= min_ml]
+        cand = [i for i in range(n) if np.sign(xs[i] - midline + 1e-9) == side and kidney_sizes[i] > 0
+                and sizes[i] >= min_ml and posterior_ok[i]]
         keep += sorted(cand, key=lambda i: -sizes[i])[:max_per_side]
     out = np.where(np.isin(comps, np.asarray(keep, int) + 1), arr, 0).astype(np.uint8)
     return out
@@ -93,7 +123,8 @@ def morphology(arr: np.ndarray, spacing_xyz, radius_mm: float) -> np.ndarray:
 
 
 def postprocess(labels: LabelVolume, ct_array: np.ndarray | None = None, *, min_kidney_ml: float = 5.0,
-                speck_ml: float = 0.2, morph_mm: float = 0.0, max_per_side: int = 1) -> LabelVolume:
+                speck_ml: float = 0.2, morph_mm: float = 0.0, max_per_side: int = 1,
+                posterior_only: bool = True) -> LabelVolume:
     """All post-processing steps in order; returns a new LabelVolume on the same grid."""
     arr = labels.array.astype(np.uint8)
     if morph_mm > 0:
@@ -101,6 +132,6 @@ def postprocess(labels: LabelVolume, ct_array: np.ndarray | None = None, *, min_
     arr = drop_specks(arr, labels.voxel_volume_ml, speck_ml)
     arr = tumor_attached(arr)
     tmp = LabelVolume(arr, labels.geometry, name=labels.name, labels=labels.labels)
-    arr = keep_kidneys(tmp, ct_array, min_ml=min_kidney_ml, max_per_side=max_per_side)
+    arr = keep_kidneys(tmp, ct_array, min_ml=min_kidney_ml, max_per_side=max_per_side, posterior_only=posterior_only)
     arr = fill_holes(arr)
     return LabelVolume(arr, labels.geometry, name=labels.name, labels=dict(labels.labels))

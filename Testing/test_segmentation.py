@@ -19,7 +19,7 @@ def scene():
     """Body offset to the array's low-x half; kidneys on both sides of the body midline."""
     shape = (30, 40, 80)
     ct = np.full(shape, -1000, np.float32)
-    ct[:, 5:35, 2:42] = 40  # body spans x 2..41 -> midline x ~21.5 (the grid centre would be 39.5)
+    ct[:, 2:30, 2:42] = 40  # body spans x 2..41 -> midline x ~21.5 (the grid centre would be 39.5); y centre 15.5
     lab = np.zeros(shape, np.uint8)
     blob(lab, (15, 20, 10), 5, KIDNEY)  # A: big, one side
     blob(lab, (15, 20, 32), 4, KIDNEY)  # B: other side of the body midline (same side as C by grid centre)
@@ -44,6 +44,16 @@ def test_postprocess_is_invariant_to_flipped_array_direction():
     flipped_geo = Geometry((2.0, 2.0, 2.0), ((nx - 1) * 2.0, 0.0, 0.0), (-1, 0, 0, 0, 1, 0, 0, 0, 1))
     out = postprocess(LabelVolume(lab[:, :, ::-1].copy(), flipped_geo), ct[:, :, ::-1].copy(), min_kidney_ml=0.01).array
     np.testing.assert_array_equal(out[:, :, ::-1], ref)
+
+
+def test_anterior_component_is_not_taken_for_a_kidney():
+    ct, lab = scene()
+    blob(lab, (15, 7, 14), 6, KIDNEY)  # bigger than A, same side, but anterior (small y = anterior in LPS)
+    out = postprocess(LabelVolume(lab, Geometry((2.0, 2.0, 2.0))), ct, min_kidney_ml=0.01).array
+    assert out[15, 7, 14] == 0 and out[15, 20, 10] == KIDNEY
+    # without the anatomical rule the bigger anterior blob wins
+    out = postprocess(LabelVolume(lab, Geometry((2.0, 2.0, 2.0))), ct, min_kidney_ml=0.01, posterior_only=False).array
+    assert out[15, 7, 14] == KIDNEY and out[15, 20, 10] == 0
 
 
 def test_tumor_detached_from_kidney_is_removed_and_specks_dropped():
