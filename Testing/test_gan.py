@@ -100,3 +100,20 @@ def test_pruning_and_safetensors_round_trip(tmp_path):
 
     with pytest.raises(InputError):
         load_weights(card)
+
+
+def test_shipped_model_card_and_weights():
+    from SculptorGANLib.models import MODELS_DIR, find_model
+
+    if not (MODELS_DIR / "sculptorgan_interp.json").is_file():
+        pytest.skip("no shipped interpolation model")
+    card = find_model("interpolation", "sculptorgan_interp")
+    assert card.license and card.training["command"].startswith("python training/train_interpolation.py")
+    assert "Apache-2.0" in card.training["data_notes"] and card.training["wp_sparsity"] >= 0.45
+    results = card.metrics["results"]
+    for k in (2, 4):  # the bar: beat cubic on PSNR and SSIM on held-out real slices
+        assert results[f"k{k}_gan"]["psnr"] > results[f"k{k}_cubic"]["psnr"]
+        assert results[f"k{k}_gan"]["ssim"] > results[f"k{k}_cubic"]["ssim"]
+    gen = build_generator(card.arch_args)
+    gen.load_state_dict({k: v.float() for k, v in load_weights(card).items()})
+    assert count_parameters(gen) < 300_000 and card.weights_path.stat().st_size < 5_000_000

@@ -124,7 +124,10 @@ def main(argv=None) -> int:
             out, info = interpolate(thick, factor=2, method=method, model=args.model, device=args.device)
             r = metrics(out.array[1:2], three.array[1:2])
             results[f"dicom_{method}"] = r
-            lines.append(f"| {method} ({info['method']}) | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mae']:.1f} |")
+            ran = info["method"]
+            if info.get("cubic_fallback_slices_gap_too_narrow") or info.get("cubic_fallback_slices_gap_too_wide"):
+                ran += ": gap outside the model's range, cubic fallback"
+            lines.append(f"| {method} ({ran}) | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mae']:.1f} |")
     if args.time_full:
         lines += ["", f"Timing on the whole volume ({ct.shape[0]} slices of {ct.shape[1]}×{ct.shape[2]}), keep every 2nd "
                   f"slice, restore ×2; one process, {args.threads} torch thread(s):", ""]
@@ -149,8 +152,8 @@ def main(argv=None) -> int:
             "evaluation_data": f"{Path(args.data).name} slices {z0}:{z1}",
             "evaluation_data_license": args.data_license,
             "command": "python benchmarks/interpolation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "results": {key: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()}
-                        for key, r in results.items()},
+            "results": {key: ({m: (round(float(v), 4) if isinstance(v, float) else v) for m, v in r.items()}
+                              if isinstance(r, dict) else round(float(r), 4)) for key, r in results.items()},
         }
         card_path.write_text(json.dumps(card, indent=2) + "\n")
     if args.markdown:
