@@ -418,7 +418,7 @@ def main(argv=None) -> int:
         g_opt.load_state_dict(ckpt["g_opt"])
         d_opt.load_state_dict(ckpt["d_opt"])
         state.update(ckpt["state"])
-        ranks = ckpt["rng_ranks"]
+        ranks = ckpt.get("rng_ranks") or [{"rng": ckpt["rng"], "np_generator": ckpt["np_generator"]}]  # older runs
         mine = ranks[info.rank] if info.rank < len(ranks) else ranks[0]
         set_rng_state(mine["rng"])
         rng.bit_generator.state = json.loads(mine["np_generator"])
