@@ -72,6 +72,8 @@ def _add_grid(p: argparse.ArgumentParser) -> None:
                    help="do not synthesize missing slices")
     p.add_argument("--method", choices=["gan", "linear", "cubic"],
                    help="interpolation method (default: the GAN when its weights ship, else cubic)")
+    p.add_argument("--interp-model", metavar="CARD", help="interpolation model card (.json) or shipped model name")
+    p.add_argument("--enhance", action="store_true", help="also refine the acquired slices with the GAN (experimental)")
 
 
 def _add_mesh(p: argparse.ArgumentParser) -> None:
@@ -124,6 +126,7 @@ def _pipeline_options(args, steps):
 
     return PipelineOptions(steps=steps, factor=args.factor, target_spacing=args.target_spacing,
                            fill_missing=args.fill_missing, interpolation_method=args.method,
+                           interpolation_model=args.interp_model, enhance=args.enhance,
                            segmentation_model=getattr(args, "model", None), device=args.device,
                            smoothing=getattr(args, "smoothing", 0.5))
 

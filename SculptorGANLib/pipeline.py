@@ -29,6 +29,8 @@ class PipelineOptions:
     target_spacing: float | None = None
     fill_missing: bool = True
     interpolation_method: str | None = None  # None: the best available (GAN when its weights ship)
+    interpolation_model: str | None = None   # None: the shipped SculptorGAN model
+    enhance: bool = False                    # also refine the acquired slices with the GAN
     segmentation_model: str | None = None    # None: the shipped default
     device: str = "auto"
     smoothing: float = 0.5
@@ -85,6 +87,7 @@ def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -
         return ct, {"method": "none (no factor, target spacing or missing slices given)"}
     kwargs: dict[str, Any] = dict(factor=options.factor, target_spacing=options.target_spacing,
                                   fill_missing=options.fill_missing, device=options.device,
+                                  model=options.interpolation_model, enhance=options.enhance,
                                   progress=progress, cancel=cancel)
     if options.interpolation_method:
         kwargs["method"] = options.interpolation_method
