@@ -39,6 +39,7 @@ from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, s
 from training.common import (DistInfo, Logger, cleanup_distributed, init_distributed, load_checkpoint,  # noqa: E402
                              load_config, mean_across_ranks, rng_state, save_checkpoint, seed_everything,
                              set_rng_state, unwrap, wrap_ddp, write_run_record)
+from training.common import broadcast_object  # noqa: E402  (DDP: one decision for all ranks)
 
 DEFAULTS: dict = {
     # data
@@ -463,9 +464,10 @@ def main(argv=None) -> int:
             totals += [r_loss.item(), d_loss.item(), loss.item()]
         totals /= iters
         state["epoch"] = epoch = epoch + 1
-        state["elapsed"] = time.time() - start
+        state["elapsed"] = broadcast_object(time.time() - start, info)  # DDP: one clock, same decisions
         recon_mean = mean_across_ranks(totals[0], info)
         val = validate(unwrap(g_ddp), val_items, device) if epoch % int(config["val_every"]) == 0 else None
+        val = broadcast_object(val, info)  # DDP: BatchNorm statistics differ per rank; rank 0's metrics decide
         msg = f"epoch {epoch} recon {recon_mean:.5f} d {totals[1]:.4f} lr {state['lr']:.2e}"
         if val:
             msg += " | " + " ".join(f"{k} {v:.3f}" for k, v in val.items())
@@ -511,7 +513,7 @@ def main(argv=None) -> int:
             break
         if stop_reason == "early_stop":
             break
-        if time.time() - start > budget:
+        if broadcast_object(time.time() - start > budget, info):  # DDP: all ranks stop together
             stop_reason = "max_minutes"
             break
     log(f"stopped: {stop_reason} after {state['epoch']} epochs, {state['elapsed'] / 60:.1f} min; best gain "
