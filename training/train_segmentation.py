@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 from training.common import (Logger, barrier, cleanup_distributed, init_distributed, load_checkpoint,  # noqa: E402
                              load_config, mean_across_ranks, rng_state, save_checkpoint, seed_everything,
                              set_rng_state, unwrap, wrap_ddp, write_run_record)
+from training.common import broadcast_object  # noqa: E402  (DDP: one decision for all ranks)
 
 DEFAULTS: dict = {
     # data
@@ -409,6 +410,8 @@ def main(argv: list[str] | None = None) -> dict:
     while state["epoch"] < config["max_epochs"]:
         losses = []
         t_epoch = time.time()
+        # patch streams per (seed, rank, epoch): a run resumed at an epoch boundary continues exactly, per rank
+        sampler = PatchSampler(train_store, config, np.random.default_rng([int(config["seed"]), info.rank, state["epoch"]]))
         for _ in range(int(config["iters_per_epoch"])):
             s = target_sparsity(state["iteration"], config)
             if s > state["sparsity"] + 1e-9:
@@ -425,7 +428,8 @@ def main(argv: list[str] | None = None) -> dict:
             opt.step()
             losses.append(loss.item())
             state["iteration"] += 1
-            out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
+            out_of_time = args.max_minutes is not None and broadcast_object(  # DDP: all ranks stop together
+                time.time() - start > 60 * args.max_minutes, info)
             out_of_iters = args.max_iters is not None and state["iteration"] >= args.max_iters
             if out_of_time or out_of_iters:
                 break
@@ -446,14 +450,19 @@ def main(argv: list[str] | None = None) -> dict:
                 state.update(best=metrics["score"], best_epoch=state["epoch"], best_metrics=metrics,
                              best_sparsity=state["sparsity"])
                 checkpoint("best")
-        score = mean_across_ranks(entry.get("score", state["best"]), info)
+        # DDP: only rank 0 validated; every rank takes its metrics and best-so-far, so the LR schedule and
+        # early stopping decide the same everywhere (an average with the other ranks' stale values did not)
+        entry, best = broadcast_object((entry, {k: state[k] for k in ("best", "best_epoch", "best_metrics",
+                                                                      "best_sparsity")}), info)
+        state.update(best)
+        score = entry.get("score", state["best"])
         sched.step(score)
         state["history"].append(entry)
         log(json.dumps(entry))
         checkpoint("last")
         last_ckpt = time.time()
         barrier(info)
-        if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
+        if args.max_minutes is not None and broadcast_object(time.time() - start > 60 * args.max_minutes, info):
             stop_reason = "max_minutes"
             break
         if args.max_iters is not None and state["iteration"] >= args.max_iters:
