@@ -54,7 +54,7 @@ DEFAULTS: dict = {
     "sparsity": 0.5, "prune_start": 2000, "prune_every": 250, "prune_steps": 4,
     # augmentation
     "aug_rotate_deg": 15.0, "aug_scale": 0.15, "aug_elastic_prob": 0.1, "aug_flip_prob": 0.5,
-    "aug_gamma_prob": 0.3, "aug_contrast_prob": 0.3, "aug_noise_prob": 0.2, "synth_random_prob": 0.15,
+    "aug_gamma_prob": 0.3, "aug_contrast_prob": 0.3, "aug_noise_prob": 0.2, "synth_random_prob": 0.15, "case_weights": {},
     # inference/validation
     "roi": [96, 128, 128], "val_every_epochs": 1, "val_max_cases": 8,
     # bookkeeping
@@ -160,6 +160,10 @@ class PatchSampler:
                                       RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd)
 
         self.store, self.config, self.rng = store, config, rng
+        # sampling weight per case: config "case_weights" maps a name prefix to a weight (default 1)
+        w = np.array([next((float(v) for k, v in config.get("case_weights", {}).items() if Path(n).name.startswith(k)), 1.0)
+                      for n in store.names])
+        self.p = w / w.sum()
         self.patch = tuple(config["patch"])
         self.big = tuple(int(math.ceil(p * 1.3)) for p in self.patch)
         rot = math.radians(config["aug_rotate_deg"])
@@ -184,7 +188,7 @@ class PatchSampler:
         from SculptorGANLib.segmentation import normalize
         from SculptorGANLib.synth import render
 
-        case = self.store.cases[self.rng.integers(len(self.store.cases))]
+        case = self.store.cases[self.rng.choice(len(self.store.cases), p=self.p)]
         is_layout = "layout" in case
         src = case["layout"] if is_layout else case["image"]
         img, lab = crop_patch([src, case["labels"]], case["labels"], self.big, self.rng, self.config["fg_prob"],
@@ -387,6 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
             apply_magnitude_pruning(model, ckpt["sparsity"])  # zeros are the smallest magnitudes: same masks
         opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
         opt.load_state_dict(ckpt["optimizer"])
+        if float(ckpt.get("config", {}).get("lr", config["lr"])) != float(config["lr"]):  # a new lr was asked for
+            for group in opt.param_groups:
+                group["lr"] = float(config["lr"])
         sched.load_state_dict(ckpt["scheduler"])
         state.update({k: ckpt[k] for k in state if k in ckpt})
         if "rng" in ckpt:
