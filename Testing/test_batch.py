@@ -20,10 +20,13 @@ from SculptorGANLib.pipeline import PipelineOptions
 from SculptorGANLib.results import OutputOptions
 
 REPO = Path(__file__).resolve().parents[1]
-# Small phantoms and the fast steps keep every case well under a second on a 2-core machine.
-OPTIONS = PipelineOptions(steps=("interpolate", "segment"), factor=2, device="cpu")
+# Small phantoms and the classical methods (cubic, threshold) keep every case well under a second on a
+# 2-core machine; what is tested here is the cohort machinery, not the networks.
+OPTIONS = PipelineOptions(steps=("interpolate", "segment"), factor=2, device="cpu", interpolation_method="cubic",
+                          segmentation_model="threshold")
 OUTPUT = OutputOptions(preview=False)
-CLI_ARGS = ["--steps", "interpolate,segment", "--factor", "2", "--no-preview", "--quiet", "--device", "cpu"]
+CLI_ARGS = ["--steps", "interpolate,segment", "--factor", "2", "--method", "cubic", "--model", "threshold",
+            "--no-preview", "--quiet", "--device", "cpu"]
 
 
 def _cohort(folder: Path, n: int = 3, corrupt: bool = True) -> Path:

@@ -41,7 +41,8 @@ def test_example_configs_parse():
 
     files = sorted(p for p in (ROOT / "training" / "configs").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
     for path in files:
-        data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
         assert isinstance(data, dict) and data, path
 
 
