@@ -84,7 +84,7 @@ def _cases_from_csv(path: Path) -> list[Case]:
     from .io import stem
 
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot be read as a CSV list ({exc})") from None
@@ -220,13 +220,13 @@ def _status_path(out_dir: Path, case: Case) -> Path:
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def _read_record(out_dir: Path, case: Case) -> dict | None:
     try:
-        return json.loads(_status_path(out_dir, case).read_text())
+        return json.loads(_status_path(out_dir, case).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -263,7 +263,7 @@ def process_case(case: Case, out_dir: Path, options, output_options=None, progre
         t = time.perf_counter()
         report_path = write_results(result, out_dir / case.case_id, source=case.source, options=output_options)
         timings["write"] = round(time.perf_counter() - t, 3)
-        report = json.loads(Path(report_path).read_text())
+        report = json.loads(Path(report_path).read_text(encoding="utf-8"))
         used = sorted({str(d) for d in (report.get("device") or {}).values()})
         record.update(status="ok", reason="", output=str(out_dir / case.case_id), volumes_ml=report.get("volumes_ml", {}),
                       device=",".join(used) or options.device)
@@ -309,7 +309,7 @@ def write_summary(cases: Sequence[Case], out_dir: Path) -> Path:
         rows = summary_rows(cases, out_dir)
         columns = list(rows[0]) if rows else list(_FIXED_COLUMNS)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)

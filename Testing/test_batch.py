@@ -41,7 +41,7 @@ def _cohort(folder: Path, n: int = 3, corrupt: bool = True) -> Path:
 
 
 def _rows(csv_path: Path) -> list[dict]:
-    with open(csv_path, newline="") as handle:
+    with open(csv_path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

@@ -78,7 +78,7 @@ def _save_entry(folder: Path, key: str, arrays: dict[str, np.ndarray], meta: dic
     tmp.mkdir(parents=True)
     for name, array in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     try:
         os.replace(tmp, final)
     except OSError:  # another rank finished the same entry first: theirs is identical
@@ -92,7 +92,7 @@ def load_entry(folder: Path, key: str, mmap: bool = True) -> dict | None:
     entry = folder / key
     if not (entry / "meta.json").is_file():
         return None
-    out: dict = {"meta": json.loads((entry / "meta.json").read_text())}
+    out: dict = {"meta": json.loads((entry / "meta.json").read_text(encoding="utf-8"))}
     for path in entry.glob("*.npy"):
         out[path.stem] = np.load(path, mmap_mode="r" if mmap else None)
     return out

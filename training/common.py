@@ -41,7 +41,7 @@ def load_config(defaults: dict, config_file: str | None = None, overrides: list[
     """``defaults`` updated from a JSON/YAML file, then from ``key=value`` overrides (values parsed as JSON)."""
     config = dict(defaults)
     if config_file:
-        text = Path(config_file).read_text()
+        text = Path(config_file).read_text(encoding="utf-8")
         if config_file.endswith((".yaml", ".yml")):
             import yaml
 
@@ -262,13 +262,13 @@ def write_run_record(run_dir: Path, config: dict, data_files: list[str], info: D
               "host": os.uname().nodename if hasattr(os, "uname") else "",
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "data": data_files}
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
         previous = old.pop("previous", [])
         record["previous"] = previous + [old]
     except (OSError, ValueError):
         pass
     tmp = run_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -423,5 +423,5 @@ class Logger:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
         print(line, flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
+        with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
