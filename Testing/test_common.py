@@ -193,3 +193,19 @@ def test_multigpu_configs_match_their_trainer(trainer, config):
     module = importlib.import_module(f"training.{trainer}")
     loaded = common.load_config(module.DEFAULTS, str(ROOT / "training" / "configs" / config))
     assert loaded["device"] == "auto" and loaded["batch_size"] >= 1
+
+
+def test_training_throughput_benchmark_runs_on_cpu(tmp_path):
+    """benchmarks/training_throughput.py still drives both trainers' networks (tiny shapes, 1 step)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import training_throughput
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "tt.json"
+    assert training_throughput.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--set", "interp.patch=16",
+                                     "--set", "batch_size=2", "--set", "base_channels=4", "--set", "d_channels=4",
+                                     "--set", "seg.patch=[16,16,16]", "--set", "features=[4,8]", "--json", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["network"] for r in result["runs"]] == ["interp", "seg"] and result["world_size"] == 1
+    assert all(r["samples_per_s_total"] > 0 for r in result["runs"])

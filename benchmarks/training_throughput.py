@@ -39,7 +39,7 @@ def _sync(info: DistInfo) -> None:
 
 
 def interp_step_fn(config: dict, info: DistInfo, amp: bool):
-    """(step(), samples per step) for Phase I: the trainer's D step then G step."""
+    """(step(), samples per step) for Phase I: the trainer's step, D (real and fake in one forward) then G."""
     from training import train_interpolation as ti
 
     gen, disc = (m.to(info.device) for m in ti.build_models(config))
@@ -51,13 +51,15 @@ def interp_step_fn(config: dict, info: DistInfo, amp: bool):
     base = torch.randn(b, 1, p, p, device=info.device)
     pos = torch.randn(b, n, device=info.device) * 5
     target = torch.randn(b, 1, p, p, device=info.device)
+    linear = torch.randn(b, 1, p, p, device=info.device)  # the linear estimate (used when the generator has it)
     g_scaler, d_scaler = grad_scaler(info, amp), grad_scaler(info, amp)
     w = float(config["adv_weight"]) or 0.002
 
     def step() -> None:
         with autocast(info, amp):
-            fake = g_ddp(ctx, base, pos)
-            d_loss = 0.5 * (((d_ddp(ctx, target) - 1) ** 2).mean() + (d_ddp(ctx, fake.detach()) ** 2).mean())
+            fake = g_ddp(ctx, base, pos, linear)
+            d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
+            d_loss = 0.5 * (((d_real.float() - 1) ** 2).mean() + (d_fake.float() ** 2).mean())
         d_opt.zero_grad(set_to_none=True)
         d_scaler.scale(d_loss).backward()
         d_scaler.step(d_opt)
