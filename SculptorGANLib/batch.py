@@ -457,12 +457,10 @@ class CaseProgressBar:
 
 
 def cmd_batch(args) -> int:
-    from .pipeline import PipelineOptions
+    from .cli import _pipeline_options
     from .results import OutputOptions
 
-    options = PipelineOptions(steps=args.steps, factor=args.factor, target_spacing=args.target_spacing,
-                              fill_missing=args.fill_missing, interpolation_method=args.method,
-                              segmentation_model=args.model, device=args.device, smoothing=args.smoothing)
+    options = _pipeline_options(args, args.steps)
     output_options = OutputOptions(mesh_format=args.mesh_format, ras=args.ras, write_nrrd=args.nrrd,
                                    preview=not args.no_preview)
     rank, world_size = resolve_rank(args.rank, args.world_size)
@@ -484,7 +482,7 @@ def cmd_batch(args) -> int:
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``sculptorgan batch INPUTS --out DIR`` on the CLI's sub-parsers (sets its own ``func``)."""
-    from .cli import _add_common, _add_device, _add_mesh, _steps
+    from .cli import _add_common, _add_device, _add_grid, _add_mesh, _steps
 
     p = subparsers.add_parser(
         "batch", help="run the pipeline over a cohort (folder of volumes / DICOM series, or a CSV list)",
@@ -498,12 +496,7 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_steps, default=("interpolate", "segment", "surfaces"),
                    help="comma-separated steps: interpolate,segment,surfaces (default: all)")
     p.add_argument("--model", help="segmentation model card (.json) or shipped model name")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--factor", type=int, help="through-plane upsampling factor K (thick → thin)")
-    g.add_argument("--target-spacing", type=float, metavar="MM", help="through-plane output spacing in mm")
-    p.add_argument("--no-fill-missing", dest="fill_missing", action="store_false",
-                   help="do not synthesize missing slices")
-    p.add_argument("--method", choices=["gan", "linear", "cubic"], help="interpolation method")
+    _add_grid(p, missing=False)
     p.add_argument("--nrrd", action="store_true", help="also write each CT as .nrrd")
     p.add_argument("--no-preview", action="store_true", help="skip the PNG preview of each case")
     p.add_argument("--force", action="store_true", help="redo cases an earlier run finished")
@@ -520,17 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sculptorgan")
     add_batch_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["batch", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return args.func(args)
-    except (CancelledError, KeyboardInterrupt) as exc:
-        print(f"sculptorgan: cancelled: {exc}", file=sys.stderr)
-        return 130
-    except SculptorGANError as exc:
-        if args.debug:
-            raise
-        print(f"sculptorgan: error: {exc}", file=sys.stderr)
-        return 2
+    from .cli import run_parsed
+
+    return run_parsed(args)
 
 
 if __name__ == "__main__":

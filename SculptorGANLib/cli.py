@@ -63,11 +63,12 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="where networks run (auto: CUDA GPU when present, else CPU)")
 
 
-def _add_grid(p: argparse.ArgumentParser) -> None:
+def _add_grid(p: argparse.ArgumentParser, missing: bool = True) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--factor", type=int, help="through-plane upsampling factor K (thick → thin)")
     g.add_argument("--target-spacing", type=float, metavar="MM", help="through-plane output spacing in mm")
-    p.add_argument("--missing", type=_int_list, metavar="I,J,...", help="indices of slices that are missing")
+    if missing:
+        p.add_argument("--missing", type=_int_list, metavar="I,J,...", help="indices of slices that are missing")
     p.add_argument("--no-fill-missing", dest="fill_missing", action="store_false",
                    help="do not synthesize missing slices")
     p.add_argument("--method", choices=["gan", "linear", "cubic"],
@@ -304,9 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command: one-line errors and exit codes (2 bad input, 130 cancelled, 1 unexpected)."""
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     func: Callable = args.func
     started = time.perf_counter()
@@ -331,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.debug("finished in %.2f s", time.perf_counter() - started)
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_parsed(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
