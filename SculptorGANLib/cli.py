@@ -226,10 +226,11 @@ def cmd_surfaces(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_files
 
-    summary = evaluate_files(args.pred, args.gt, args.out)
-    if isinstance(summary, dict) and summary.get("table"):
-        print(summary["table"])
-    print(f"metrics written to {args.out}")
+    evaluate_files(args.pred, args.gt, args.out)
+    table = Path(args.out) / "summary.md"
+    if table.is_file():
+        print(table.read_text(encoding="utf-8").strip())
+    print(f"metrics (CSV, JSON, box plots) written to {args.out}")
     return 0
 
 
