@@ -159,18 +159,18 @@ def write_results(per_case: list[dict], out_dir: str | os.PathLike, name: str = 
         from .errors import OutputError
 
         raise OutputError(f"{out_dir}: cannot create output folder ({exc.strerror})") from None
-    with open(out_dir / "per_case.csv", "w", newline="") as handle:
+    with open(out_dir / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "class"] + list(METRICS))
         for c in per_case:
             for cls in CLASSES:
                 if cls in c:
                     writer.writerow([c["case"], cls] + [f"{c[cls][m]:.6g}" for m in METRICS])
-    (out_dir / "per_case.json").write_text(json.dumps(per_case, indent=2) + "\n")
+    (out_dir / "per_case.json").write_text(json.dumps(per_case, indent=2) + "\n", encoding="utf-8")
     summary = summarize(per_case)
     summary["name"] = name
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "summary.md").write_text(comparison_table({name: summary}))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "summary.md").write_text(comparison_table({name: summary}), encoding="utf-8")
     if plots:
         summary["plots"] = [str(p) for p in boxplots(per_case, out_dir, name)]
     return summary

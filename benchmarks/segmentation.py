@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             lines.append(f"| {label} | {data_name} | {len(rows)} | {kd[0]:.3f} ± {kd[1]:.3f} | {kh[0]:.1f} ± {kh[1]:.1f} | "
                          f"{td[0]:.3f} ± {td[1]:.3f} (n={td[2]}) | {th[0]:.1f} ± {th[1]:.1f} |")
             print(lines[-1], flush=True)
-    (args.out / "segmentation_cases.json").write_text(json.dumps(details, indent=2))
+    (args.out / "segmentation_cases.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
     # size and FLOPs
     from SculptorGANLib.models import ModelCard
 
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         print(lines[-1], flush=True)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text("\n".join(lines) + "\n")
+        args.md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

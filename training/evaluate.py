@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
             summaries = {}
             for item in args.compare:
                 name, _, folder = item.partition("=")
-                summaries[name] = json.loads((Path(folder) / "summary.json").read_text())
+                summaries[name] = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
             table = comparison_table(summaries)
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(table + "\n")
+            out.write_text(table + "\n", encoding="utf-8")
             print(table)
             return 0
         if args.segment:
