@@ -35,3 +35,28 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+def write_dicom_series(folder: Path, array: np.ndarray, spacing_xy: tuple[float, float], positions_z,
+                       origin_xy: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """Write one axial CT slice per DICOM file at the given z positions (mm); returns the folder."""
+    import SimpleITK as sitk
+
+    from SculptorGANLib.dicom import preserved_locale
+
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    x, y = origin_xy
+    with preserved_locale():  # GDCM switches the process locale to "C" when writing decimals
+        for i, (slice_, z) in enumerate(zip(array, positions_z)):
+            image = sitk.GetImageFromArray(np.asarray(slice_).astype(np.int16)[None])
+            image.SetSpacing((*spacing_xy, 1.0))
+            image.SetOrigin((x, y, float(z)))
+            for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+                               ("0020|0013", str(i + 1)), ("0020|0032", f"{x}\\{y}\\{z}"),
+                               ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
+                image.SetMetaData(tag, value)
+            writer.SetFileName(str(folder / f"IM{i:04d}.dcm"))
+            writer.Execute(image)
+    return folder

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from SculptorGANLib import batch
-from SculptorGANLib.batch import Case, discover_cases, run_batch, shard
+from SculptorGANLib.batch import discover_cases, run_batch, shard
 from SculptorGANLib.errors import InputError
 from SculptorGANLib.io import read_labels, write_volume
 from SculptorGANLib.phantom import make_phantom
 from SculptorGANLib.pipeline import PipelineOptions
 from SculptorGANLib.results import OutputOptions
+
+from conftest import write_dicom_series
 
 REPO = Path(__file__).resolve().parents[1]
 # Small phantoms and the classical methods (cubic, threshold) keep every case well under a second on a
@@ -173,24 +175,9 @@ def test_sculptorgan_cli_batch(tmp_path, cohort, capsys):
 
 def test_dicom_series_folder_and_csv_list(tmp_path, cohort):
     """A DICOM series sub-folder is one case; a CSV list can mix it with files and name the outputs."""
-    import SimpleITK as sitk
-
     ct, _ = make_phantom(shape=(24, 64, 64), spacing=(5.0, 5.0, 5.0), seed=1)
-    series = tmp_path / "in" / "patient_7"
-    series.mkdir(parents=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for i, slice_ in enumerate(ct.array):
-        z = ct.geometry.origin[2] + 5.0 * i
-        image = sitk.GetImageFromArray(slice_.astype(np.int16)[None])
-        image.SetSpacing((5.0, 5.0, 1.0))
-        image.SetOrigin((*ct.geometry.origin[:2], z))
-        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
-                           ("0020|0013", str(i + 1)), ("0020|0032", f"{ct.geometry.origin[0]}\\{ct.geometry.origin[1]}\\{z}"),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(series / f"IM{i:04d}.dcm"))
-        writer.Execute(image)
+    positions = [ct.geometry.origin[2] + 5.0 * i for i in range(ct.shape[0])]
+    write_dicom_series(tmp_path / "in" / "patient_7", ct.array, (5.0, 5.0), positions, ct.geometry.origin[:2])
     assert [c.case_id for c in discover_cases(tmp_path / "in")] == ["patient_7"]
     listing = tmp_path / "cases.csv"
     listing.write_text(f"path,case\nin/patient_7,dicom_case\n{cohort / 'case1.nii.gz'},nifti_case\nin/gone.nii.gz,gone\n")

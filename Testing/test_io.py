@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SculptorGANLib.dicom import preserved_locale
 from SculptorGANLib.errors import InputError
 from SculptorGANLib.io import read_ct, read_labels, write_volume
 from SculptorGANLib.volume import CTVolume, LabelVolume
 
-from conftest import shared_data
+from conftest import shared_data, write_dicom_series
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -47,32 +46,10 @@ def test_seg_nrrd_is_readable_by_itk_with_same_geometry(tmp_path, oblique_geomet
     assert "Segment1_Name:=Tumor" in header and "Segment0_Name:=Kidney" in header and "SCT^108369006" in header
 
 
-def _write_dicom_series(folder, array, spacing_xy, positions_z):
-    """One CT slice per file at the given z positions (mm)."""
-    with preserved_locale():
-        _write_slices(folder, array, spacing_xy, positions_z)
-
-
-def _write_slices(folder, array, spacing_xy, positions_z):
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for i, (slice_, z) in enumerate(zip(array, positions_z)):
-        image = sitk.GetImageFromArray(slice_.astype(np.int16)[None])
-        image.SetSpacing((*spacing_xy, 1.0))
-        image.SetOrigin((-10.0, -20.0, float(z)))
-        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
-                           ("0020|0013", str(i + 1)), ("0020|0032", f"-10\\-20\\{z}"),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{i:03d}.dcm"))
-        writer.Execute(image)
-
-
 def test_dicom_series_with_missing_slices(tmp_path):
     full = np.arange(8)[:, None, None] * 10 + np.zeros((8, 6, 5))
     kept = [0, 1, 2, 4, 5, 7]  # slices 3 and 6 missing
-    _write_dicom_series(tmp_path / "dcm", full[kept], (0.7, 0.7), [2.5 * k + 0.25 for k in kept])
+    write_dicom_series(tmp_path / "dcm", full[kept], (0.7, 0.7), [2.5 * k + 0.25 for k in kept], origin_xy=(-10.0, -20.0))
     ct = read_ct(tmp_path / "dcm")
     assert ct.shape == (8, 6, 5)
     assert ct.missing_slices == (3, 6)
@@ -110,6 +87,6 @@ def test_reading_dicom_keeps_the_text_encoding(tmp_path):
     import locale
 
     before = locale.setlocale(locale.LC_CTYPE)
-    _write_dicom_series(tmp_path / "d", np.zeros((3, 4, 4)), (0.5, 0.5), [0.75, 1.75, 2.75])
+    write_dicom_series(tmp_path / "d", np.zeros((3, 4, 4)), (0.5, 0.5), [0.75, 1.75, 2.75])
     read_ct(tmp_path / "d")
     assert locale.setlocale(locale.LC_CTYPE) == before
