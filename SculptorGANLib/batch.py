@@ -482,7 +482,7 @@ def cmd_batch(args) -> int:
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``sculptorgan batch INPUTS --out DIR`` on the CLI's sub-parsers (sets its own ``func``)."""
-    from .cli import _add_common, _add_device, _add_grid, _add_mesh, _steps
+    from .cli import _add_common, _add_device, _add_grid, _add_mesh, _add_segmentation, _steps
 
     p = subparsers.add_parser(
         "batch", help="run the pipeline over a cohort (folder of volumes / DICOM series, or a CSV list)",
@@ -495,7 +495,7 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cohort output folder (one sub-folder per case)")
     p.add_argument("--steps", type=_steps, default=("interpolate", "segment", "surfaces"),
                    help="comma-separated steps: interpolate,segment,surfaces (default: all)")
-    p.add_argument("--model", help="segmentation model card (.json) or shipped model name")
+    _add_segmentation(p)
     _add_grid(p, missing=False)
     p.add_argument("--nrrd", action="store_true", help="also write each CT as .nrrd")
     p.add_argument("--no-preview", action="store_true", help="skip the PNG preview of each case")

@@ -77,6 +77,13 @@ def _add_grid(p: argparse.ArgumentParser, missing: bool = True) -> None:
     p.add_argument("--enhance", action="store_true", help="also refine the acquired slices with the GAN (experimental)")
 
 
+def _add_segmentation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="segmentation model card (.json) or shipped model name")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_false",
+                   help="keep the raw network output (no per-side largest kidney, attached tumor, hole filling)")
+    p.add_argument("--morph-mm", type=float, default=0.0, metavar="R", help="morphological clean-up radius in mm")
+
+
 def _add_mesh(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoothing", type=float, default=0.5, help="surface smoothing factor 0–1 (Slicer-like)")
     p.add_argument("--format", dest="mesh_format", default="stl", choices=["stl", "obj", "ply", "vtp"])
@@ -129,6 +136,7 @@ def _pipeline_options(args, steps):
                            fill_missing=args.fill_missing, interpolation_method=args.method,
                            interpolation_model=args.interp_model, enhance=args.enhance,
                            segmentation_model=getattr(args, "model", None), device=args.device,
+                           postprocess=getattr(args, "postprocess", True), morph_mm=getattr(args, "morph_mm", 0.0),
                            smoothing=getattr(args, "smoothing", 0.5))
 
 
@@ -180,7 +188,8 @@ def cmd_segment(args) -> int:
     bar = ProgressBar(not args.quiet)
     try:
         result = run_pipeline(ct, PipelineOptions(steps=("segment",), segmentation_model=args.model,
-                                                  device=args.device), progress=bar)
+                                                  device=args.device, postprocess=args.postprocess,
+                                                  morph_mm=args.morph_mm), progress=bar)
     finally:
         bar.close()
     labels = result.labels
@@ -267,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=_steps, default=("interpolate", "segment", "surfaces"),
                    help="comma-separated steps: interpolate,segment,surfaces (default: all)")
-    p.add_argument("--model", help="segmentation model card (.json) or shipped model name")
+    _add_segmentation(p)
     p.add_argument("--nrrd", action="store_true", help="also write the CT as .nrrd")
     _add_grid(p), _add_mesh(p), _add_device(p), _add_common(p)
     p.set_defaults(func=cmd_run)
@@ -279,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="kidney and tumor segmentation (Phase II)")
     p.add_argument("input"), p.add_argument("output", help="labelmap (.nii.gz) or Slicer .seg.nrrd")
-    p.add_argument("--model", help="model card (.json) or shipped model name")
-    _add_device(p), _add_common(p)
+    _add_segmentation(p), _add_device(p), _add_common(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("surfaces", help="3D models and measurements from a labelmap")

@@ -32,6 +32,8 @@ class PipelineOptions:
     interpolation_model: str | None = None   # None: the shipped SculptorGAN model
     enhance: bool = False                    # also refine the acquired slices with the GAN
     segmentation_model: str | None = None    # None: the shipped default
+    postprocess: bool = True                 # anatomical clean-up of the network output
+    morph_mm: float = 0.0                    # optional morphological opening/closing radius (mm)
     device: str = "auto"
     smoothing: float = 0.5
 
@@ -45,6 +47,8 @@ class PipelineOptions:
             raise SculptorGANError(f"factor must be a positive integer, got {self.factor}")
         if self.target_spacing is not None and self.target_spacing <= 0:
             raise SculptorGANError(f"target spacing must be positive, got {self.target_spacing}")
+        if self.morph_mm < 0:
+            raise SculptorGANError(f"morphology radius must be >= 0 mm, got {self.morph_mm}")
         if not 0 <= self.smoothing <= 1:
             raise SculptorGANError(f"smoothing must be between 0 and 1, got {self.smoothing}")
 
@@ -97,7 +101,8 @@ def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -
 def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[LabelVolume, dict]:
     from .segmentation import segment
 
-    return segment(ct, model=options.segmentation_model, device=options.device, progress=progress, cancel=cancel)
+    return segment(ct, model=options.segmentation_model, device=options.device, progress=progress, cancel=cancel,
+                   postprocess=options.postprocess, morph_mm=options.morph_mm)
 
 
 def _run_surfaces(labels: LabelVolume, ct: CTVolume, options: PipelineOptions) -> tuple[dict, dict, dict]:

@@ -88,3 +88,21 @@ def test_models_command_lists_cards(capsys):
     assert main(["models", "--json"]) == 0
     cards = json.loads(capsys.readouterr().out)
     assert all({"name", "task", "sha256"} <= set(c) for c in cards)
+
+
+def test_segment_options_reach_the_stage(monkeypatch, tmp_path, small_phantom):
+    import SculptorGANLib.segmentation as segmentation
+
+    seen = {}
+    real = segmentation.segment
+
+    def spy(ct, **kwargs):
+        seen.update(kwargs)
+        return real(ct, **kwargs)
+
+    monkeypatch.setattr(segmentation, "segment", spy)
+    src = write_volume(small_phantom[0], tmp_path / "ct.nii.gz")
+    assert main(["segment", str(src), str(tmp_path / "s.nii.gz"), "--no-postprocess", "--morph-mm", "2",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert seen["postprocess"] is False and seen["morph_mm"] == 2.0 and seen["device"] == "cpu"
+    assert main(["segment", str(src), str(tmp_path / "t.nii.gz"), "--morph-mm", "-1", "--quiet"]) == 2
