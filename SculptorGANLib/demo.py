@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import overlap_metrics
 from .phantom import drop_slices, make_phantom, thick_slices
 from .pipeline import PipelineOptions, PipelineResult, run_pipeline
 from .volume import CTVolume, LabelVolume
@@ -35,8 +36,7 @@ def score_against_truth(result: PipelineResult, truth_ct: CTVolume, truth_labels
         pred, gt = result.labels.array[:n], truth_labels.array[:n]
         for value, name in truth_labels.labels.items():
             p, g = pred == value, gt == value
-            denom = p.sum() + g.sum()
-            scores[f"dice_{name}"] = round(float(2 * (p & g).sum() / denom), 4) if denom else None
+            scores[f"dice_{name}"] = round(overlap_metrics(p, g)["dice"], 4) if (p.any() or g.any()) else None
     return scores
 
 

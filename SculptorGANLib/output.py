@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError, OutputError
+from .io import volume_suffix
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -57,11 +58,10 @@ def staged_output_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; an output file name is needed")
-    check_output_dir(path.parent if str(path.parent) else Path("."))
+    check_output_dir(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    suffix = ".seg.nrrd" if name.lower().endswith(".seg.nrrd") else ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
-    tmp = path.parent / f".{name[:len(name) - len(suffix)]}.partial-{os.getpid()}{suffix}"
+    suffix = volume_suffix(path) or path.suffix
+    tmp = path.parent / f".{path.name[:len(path.name) - len(suffix)]}.partial-{os.getpid()}{suffix}"
     try:
         yield tmp
         os.replace(tmp, path)

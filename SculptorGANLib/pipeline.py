@@ -89,13 +89,10 @@ def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -
         options.fill_missing and ct.missing_slices)
     if not needs_work:
         return ct, {"method": "none (no factor, target spacing or missing slices given)"}
-    kwargs: dict[str, Any] = dict(factor=options.factor, target_spacing=options.target_spacing,
-                                  fill_missing=options.fill_missing, device=options.device,
-                                  model=options.interpolation_model, enhance=options.enhance,
-                                  progress=progress, cancel=cancel)
-    if options.interpolation_method:
-        kwargs["method"] = options.interpolation_method
-    return interpolate(ct, **kwargs)
+    return interpolate(ct, factor=options.factor, target_spacing=options.target_spacing,
+                       fill_missing=options.fill_missing, method=options.interpolation_method,
+                       device=options.device, model=options.interpolation_model, enhance=options.enhance,
+                       progress=progress, cancel=cancel)
 
 
 def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[LabelVolume, dict]:

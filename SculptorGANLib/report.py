@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .anatomy import split_structures
+from .anatomy import structure_crops
 from .pipeline import PipelineResult
 from .volume import CTVolume
 
@@ -37,8 +37,8 @@ def structure_volumes_ml(result: PipelineResult) -> dict[str, float]:
     if result.labels is None:
         return {}
     ct_array = result.ct.array if result.ct.same_grid(result.labels) else None
-    masks = split_structures(result.labels, ct_array)
-    return {name: round(float(mask.sum()) * result.labels.voxel_volume_ml, 3) for name, mask in masks.items()}
+    crops = structure_crops(result.labels, ct_array)  # counts need no full-grid masks
+    return {name: round(float(mask.sum()) * result.labels.voxel_volume_ml, 3) for name, (mask, _) in crops.items()}
 
 
 def build_report(result: PipelineResult, source: str | None, outputs: list[str],
