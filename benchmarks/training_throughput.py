@@ -10,6 +10,11 @@ trainers' DEFAULTS updated by ``--config``/``--set``, so the numbers match a rea
     torchrun --nproc_per_node=8 benchmarks/training_throughput.py     # DDP: per-GPU and total samples/s
     python benchmarks/training_throughput.py --set seg.patch=[64,128,128] --set interp.patch=256 --set batch_size=4
 
+On CUDA each network is measured with mixed precision (the trainers' ``amp: true``: autocast in
+bfloat16/float16 + GradScaler) and in float32 (``amp: false``), so the table shows what AMP buys in
+samples/s and peak memory; ``--amp on|off`` measures one of them only. On CPU AMP is a no-op and one
+float32 run is made.
+
 Results: a table on stdout and ``benchmarks/results/training_throughput_<device>_x<world>.json``
 (``--json`` to choose). On CPU the script runs (tiny shapes are sensible there) but the numbers are not
 GPU numbers.
@@ -29,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.common import (DistInfo, autocast, cleanup_distributed, grad_scaler, init_distributed,  # noqa: E402
-                             load_config, mean_across_ranks, wrap_ddp)
+from training.common import (DistInfo, amp_enabled, autocast, cleanup_distributed, grad_scaler,  # noqa: E402
+                             init_distributed, load_config, mean_across_ranks, scaled_step, wrap_ddp)
 
 
 def _sync(info: DistInfo) -> None:
@@ -61,9 +66,7 @@ def interp_step_fn(config: dict, info: DistInfo, amp: bool):
             d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
             d_loss = 0.5 * (((d_real.float() - 1) ** 2).mean() + (d_fake.float() ** 2).mean())
         d_opt.zero_grad(set_to_none=True)
-        d_scaler.scale(d_loss).backward()
-        d_scaler.step(d_opt)
-        d_scaler.update()
+        scaled_step(d_loss, d_opt, d_scaler)
         for q in disc.parameters():
             q.requires_grad_(False)
         with autocast(info, amp):
@@ -71,9 +74,7 @@ def interp_step_fn(config: dict, info: DistInfo, amp: bool):
         for q in disc.parameters():
             q.requires_grad_(True)
         g_opt.zero_grad(set_to_none=True)
-        g_scaler.scale(loss).backward()
-        g_scaler.step(g_opt)
-        g_scaler.update()
+        scaled_step(loss, g_opt, g_scaler)
 
     params = sum(q.numel() for q in gen.parameters()) + sum(q.numel() for q in disc.parameters())
     return step, b, params, f"{b}x{n + 1}x{p}x{p}"
@@ -100,9 +101,7 @@ def seg_step_fn(config: dict, info: DistInfo, amp: bool):
         with autocast(info, amp):
             loss = loss_fn(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        scaled_step(loss, opt, scaler)
 
     return step, b, sum(q.numel() for q in model.parameters()), f"{b}x1x{'x'.join(map(str, patch))}"
 
@@ -119,10 +118,14 @@ def measure(name: str, build, config: dict, info: DistInfo, amp: bool, steps: in
         step()
     _sync(info)
     seconds = mean_across_ranks(time.perf_counter() - start, info)
+    precision = "float32"
+    if amp_enabled(info, amp) and info.device.type == "cuda":
+        precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     per_gpu = per_step * steps / seconds
     peak = torch.cuda.max_memory_allocated(info.device) / 2**30 if info.device.type == "cuda" else None
     peak = max(mean_across_ranks(peak, info), peak) if peak is not None else None
-    return {"network": name, "batch_shape_per_rank": shape, "parameters": params, "steps": steps,
+    return {"network": name, "amp": amp_enabled(info, amp), "precision": precision, "batch_shape_per_rank": shape,
+            "parameters": params, "steps": steps,
             "step_ms": round(1000 * seconds / steps, 2), "samples_per_s_per_rank": round(per_gpu, 2),
             "samples_per_s_total": round(per_gpu * info.world_size, 2),
             "peak_memory_gib_per_rank": round(peak, 3) if peak is not None else None}
@@ -139,7 +142,9 @@ def main(argv=None) -> int:
                     help="override a config value (interp.KEY / seg.KEY for one network only)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    ap.add_argument("--amp", choices=["both", "on", "off"], default="both",
+                    help="CUDA: measure with mixed precision, without, or both (default); CPU: always float32")
+    ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="same as --amp off")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--json", type=Path, help="where to write the results (default benchmarks/results/...)")
     args = ap.parse_args(argv)
@@ -155,20 +160,24 @@ def main(argv=None) -> int:
         overrides = [s[len(name) + 1:] for s in args.set if s.startswith(name + ".")] + [
             s for s in args.set if "." not in s.split("=", 1)[0] and s.split("=", 1)[0] in module.DEFAULTS]
         config = load_config(module.DEFAULTS, args.config if args.network == name else None, overrides)
-        torch.manual_seed(0)
-        runs.append(measure(name, build, config, info, args.amp, args.steps, args.warmup))
+        modes = {"both": [True, False], "on": [True], "off": [False]}[args.amp]
+        for amp in modes if amp_enabled(info) else [False]:  # on CPU AMP is a no-op: one float32 run
+            torch.manual_seed(0)
+            runs.append(measure(name, build, config, info, amp, args.steps, args.warmup))
+            if info.device.type == "cuda":
+                torch.cuda.empty_cache()
     device_name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "cpu"
-    amp_dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if (
-        args.amp and info.device.type == "cuda") else "float32"
-    result = {"device": device_name, "world_size": info.world_size, "precision": amp_dtype,
+    result = {"device": device_name, "world_size": info.world_size,
               "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
               "overrides": args.set}
     if info.is_main:
-        print(f"{device_name} x{info.world_size}, {amp_dtype}")
-        print("| network | batch per rank | params | step ms | samples/s per rank | samples/s total | peak GiB |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"{device_name} x{info.world_size}")
+        print("| network | precision | batch per rank | params | step ms | samples/s per rank | samples/s total "
+              "| peak GiB |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in runs:
-            print(f"| {r['network']} | {r['batch_shape_per_rank']} | {r['parameters']:,} | {r['step_ms']} | "
+            print(f"| {r['network']} | {r['precision']} | {r['batch_shape_per_rank']} | {r['parameters']:,} | "
+                  f"{r['step_ms']} | "
                   f"{r['samples_per_s_per_rank']} | {r['samples_per_s_total']} | {r['peak_memory_gib_per_rank']} |")
         out = args.json or ROOT / "benchmarks" / "results" / (
             f"training_throughput_{device_name.replace(' ', '_').lower()}_x{info.world_size}.json")

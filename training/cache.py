@@ -144,16 +144,20 @@ def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[in
 
 
 def sample_patch(case: dict, size: Sequence[int], rng: np.random.Generator, fg_prob: float = 0.5,
-                 image_pad: float = -1.0) -> tuple[np.ndarray, np.ndarray | None, bool]:
+                 image_pad: float = -1.0, jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """(image patch, label patch or None, centred on foreground?) from a cached case.
 
     With probability ``fg_prob`` (and when the case has foreground) the patch is centred on a random
-    foreground voxel, else on a uniformly random voxel; boxes leaving the volume are padded."""
+    foreground voxel (moved by up to ±``jitter``·size), else on a uniformly random voxel; boxes leaving
+    the volume are padded."""
     image = case["image"]
     size = np.asarray(size, int)
     points = case.get("fg_points")
     on_fg = points is not None and len(points) > 0 and rng.random() < fg_prob
     centre = points[rng.integers(len(points))] if on_fg else np.array([rng.integers(0, s) for s in image.shape])
+    if on_fg and jitter > 0:
+        reach = (size * jitter).astype(int)
+        centre = np.asarray(centre, int) + rng.integers(-reach, reach + 1)
     start = np.asarray(centre, int) - size // 2
     img = crop_with_padding(image, start, size, image_pad)
     lab = crop_with_padding(case["labels"], start, size, 0) if "labels" in case else None
@@ -166,15 +170,17 @@ class PatchDataset(torch.utils.data.Dataset):
     Item ``i`` of epoch ``e`` depends only on (seed, e, i): the same for any number of workers or ranks,
     so :class:`training.common.ResumableSampler` splits and resumes it exactly. Call ``set_epoch`` (the
     sampler's epoch) before iterating; with ``persistent_workers`` the workers' copies would not see it.
+    ``transform(image, labels, rng)`` (e.g. augmentation) may change the patch size.
     Returns (image[1, z, y, x] float32, labels[1, z, y, x] int64).
     """
 
     def __init__(self, cases: Sequence[dict], patch_size: Sequence[int], samples_per_epoch: int, seed: int = 0,
-                 fg_prob: float = 0.5, transform: Callable | None = None):
+                 fg_prob: float = 0.5, transform: Callable | None = None, jitter: float = 0.0):
         if not cases:
             raise ValueError("PatchDataset needs at least one case")
         self.cases, self.patch_size = list(cases), tuple(int(p) for p in patch_size)
         self.samples, self.seed, self.fg_prob, self.transform = int(samples_per_epoch), int(seed), float(fg_prob), transform
+        self.jitter = float(jitter)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -189,7 +195,7 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         rng = self.rng(index)
         case = self.cases[int(rng.integers(len(self.cases)))]
-        image, labels, _ = sample_patch(case, self.patch_size, rng, self.fg_prob)
+        image, labels, _ = sample_patch(case, self.patch_size, rng, self.fg_prob, jitter=self.jitter)
         if labels is None:
             labels = np.zeros(self.patch_size, np.uint8)
         if self.transform is not None:

@@ -14,7 +14,8 @@ What a trainer needs to be DDP-correct and exactly resumable, all no-ops in a si
   ``weights_digest`` / ``ranks_agree`` (prove every rank holds the same weights), ``sync_buffers``;
 * exact resume: ``rng_state`` / ``set_rng_state`` for one process, ``gather_rng_states`` /
   ``restore_rng_states`` for every rank's generators in a checkpoint written by rank 0;
-* mixed precision on CUDA: ``amp_enabled``, ``autocast``, ``grad_scaler``.
+* mixed precision on CUDA: ``amp_enabled``, ``autocast``, ``grad_scaler``, ``restore_scaler``,
+  ``scaled_step`` (scaled backward + step, optional clipping after unscaling), ``amp_call``.
 """
 from __future__ import annotations
 
@@ -390,24 +391,71 @@ def make_loader(dataset, batch_size: int, info: DistInfo, shuffle: bool = True, 
 
 
 # ----------------------------------------------------------------------------- mixed precision
-def amp_enabled(info: DistInfo, requested: bool = True) -> bool:
-    """Mixed precision only where it pays and is safe: CUDA (never on CPU in this project)."""
-    return bool(requested) and info.device.type == "cuda"
+#: Test hook only: a dtype (e.g. ``torch.bfloat16``) makes :func:`amp_enabled`, :func:`autocast` and
+#: :func:`grad_scaler` act on CPU too (CPU autocast in that dtype, an enabled GradScaler), so the
+#: trainers' mixed-precision path can be exercised without a GPU. ``None`` (always in real runs): AMP is CUDA-only.
+CPU_AMP_DTYPE: torch.dtype | None = None
 
 
-def autocast(info: DistInfo, enabled: bool = True):
+def _device(where: "DistInfo | torch.device") -> torch.device:
+    return where.device if isinstance(where, DistInfo) else torch.device(where)
+
+
+def amp_enabled(info: "DistInfo | torch.device", requested: bool = True) -> bool:
+    """Mixed precision only where it pays and is safe: CUDA (never on CPU, except under the test hook)."""
+    kind = _device(info).type
+    return bool(requested) and (kind == "cuda" or (kind == "cpu" and CPU_AMP_DTYPE is not None))
+
+
+def autocast(info: "DistInfo | torch.device", enabled: bool = True):
     """``torch.autocast`` on CUDA (bfloat16 where supported, else float16); a no-op context otherwise."""
     if not amp_enabled(info, enabled):
         return contextlib.nullcontext()
+    if _device(info).type == "cpu":
+        return torch.autocast("cpu", dtype=CPU_AMP_DTYPE)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
 
-def grad_scaler(info: DistInfo, enabled: bool = True) -> torch.amp.GradScaler:
+def grad_scaler(info: "DistInfo | torch.device", enabled: bool = True) -> torch.amp.GradScaler:
     """A GradScaler that is active only for float16 autocast on CUDA (bfloat16 needs none); save its
-    ``state_dict()`` in checkpoints like an optimizer's."""
-    active = amp_enabled(info, enabled) and not torch.cuda.is_bf16_supported()
-    return torch.amp.GradScaler("cuda" if info.device.type == "cuda" else "cpu", enabled=active)
+    ``state_dict()`` in checkpoints like an optimizer's (:func:`restore_scaler` reads it back)."""
+    kind = _device(info).type
+    if kind == "cpu":
+        active = amp_enabled(info, enabled)  # only under the test hook: exercises scale/unscale/step
+    else:
+        active = amp_enabled(info, enabled) and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda" if kind == "cuda" else "cpu", enabled=active)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict | None) -> None:
+    """Load a saved scaler state; checkpoints without one (older runs, or saved by a disabled scaler:
+    ``{}``) leave the fresh scaler as it is."""
+    if state:
+        scaler.load_state_dict(state)
+
+
+def scaled_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                clip_norm: float | None = None) -> None:
+    """``loss.backward()`` and ``opt.step()`` through ``scaler`` (plain float32 steps when it is disabled);
+    with ``clip_norm`` the gradients are unscaled first, then clipped to that norm."""
+    scaler.scale(loss).backward()
+    if clip_norm:
+        scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, float(clip_norm))
+    scaler.step(opt)
+    scaler.update()
+
+
+def amp_call(model, info: "DistInfo | torch.device", enabled: bool = True):
+    """``model`` called under :func:`autocast` with float32 outputs, for validation/inference code."""
+    def forward(*args, **kwargs):
+        with autocast(info, enabled):
+            out = model(*args, **kwargs)
+        return out.float()
+
+    return forward
 
 
 class Logger:

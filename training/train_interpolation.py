@@ -12,6 +12,11 @@ the validation slices is exported as safetensors + model card.
 
 Data entries (``data``, ``val_data``) are files, folders (KiTS19 ``case_*/imaging.nii.gz`` or plain
 folders of .nii/.nii.gz/.nrrd/.mha) or ``FILE:z0:z1`` to use only slices z0 ≤ z < z1 of a file.
+
+``num_workers`` > 0 draws the training slices in DataLoader worker processes (item i of epoch e seeded by
+(seed, e, i), ``training/loading.py``); 0 draws them in the training process as before. ``amp`` (default
+true) runs both networks under autocast on CUDA with one GradScaler per network (D and G losses differ in
+scale and D is idle during the warm-up), saved in the checkpoints; a no-op on CPU.
 """
 from __future__ import annotations
 
@@ -36,9 +41,11 @@ from SculptorGANLib.models import ModelCard, save_model  # noqa: E402
 from SculptorGANLib.nn.gan import (DISCRIMINATOR_ARCH, GENERATOR_ARCH, PatchDiscriminator,  # noqa: E402
                                    SculptorGenerator, count_parameters)
 from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, sparsity_report  # noqa: E402
-from training.common import (DistInfo, Logger, cleanup_distributed, init_distributed, load_checkpoint,  # noqa: E402
-                             load_config, mean_across_ranks, rng_state, save_checkpoint, seed_everything,
-                             set_rng_state, unwrap, wrap_ddp, write_run_record)
+from training.common import (DistInfo, Logger, amp_call, autocast, cleanup_distributed, grad_scaler,  # noqa: E402
+                             init_distributed, load_checkpoint, load_config, mean_across_ranks, restore_scaler,
+                             rng_state, save_checkpoint, scaled_step, seed_everything, set_rng_state, unwrap,
+                             wrap_ddp, write_run_record)
+from training.loading import SeededDataset, epoch_batches, seeded_loader  # noqa: E402
 from training.common import broadcast_object  # noqa: E402  (DDP: one decision for all ranks)
 
 DEFAULTS: dict = {
@@ -72,6 +79,8 @@ DEFAULTS: dict = {
     "prune_sparsity": 0.5, "prune_epoch": -1, "prune_time_fraction": 0.7, "prune_finetune_epochs": 10,
     # misc
     "seed": 0, "threads": 1, "device": "auto", "val_every": 1,
+    "num_workers": 0,               # DataLoader worker processes drawing the training slices (0: in-process)
+    "amp": True,                    # mixed precision on CUDA (no-op on CPU)
     "model_name": "sculptorgan_interp", "model_version": "1",
     "data_notes": "",               # free text for the model card: sources and licenses of the data
 }
@@ -207,6 +216,11 @@ class SliceSampler:
             linear = spline_at(kf, slab[:-1], np.array([float(target)]), "linear")
             return ctx, pos, base, slab[-1:], linear
 
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """One sample drawn with ``rng`` (a SeededDataset item, in a DataLoader worker)."""
+        self.rng = rng
+        return self.sample()
+
     def batch(self, n: int) -> tuple[torch.Tensor, ...]:
         items = [self.sample() for _ in range(n)]
         return tuple(torch.from_numpy(np.stack(parts)) for parts in zip(*items))
@@ -243,9 +257,12 @@ def psnr_hu(mse_norm: float) -> float:
 
 
 @torch.no_grad()
-def validate(generator: torch.nn.Module, items: list[dict], device: torch.device, batch: int = 16) -> dict:
-    """PSNR of the generator and of cubic (the base) per factor, and the mean gain (the selection metric)."""
+def validate(generator: torch.nn.Module, items: list[dict], device: torch.device, batch: int = 16,
+             amp: bool = False) -> dict:
+    """PSNR of the generator and of cubic (the base) per factor, and the mean gain (the selection metric);
+    ``amp``: the generator runs under autocast (CUDA)."""
     generator.eval()
+    forward = amp_call(generator, device, amp)
     sums: dict[int, list[float]] = {}
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
@@ -256,7 +273,7 @@ def validate(generator: torch.nn.Module, items: list[dict], device: torch.device
         lin = torch.from_numpy(np.stack([c["linear"] for c in chunk])).to(device)
         x, (h, w) = pad_to_multiple(torch.cat([ctx, base, lin], 1), generator.multiple, -1.024)
         n = ctx.shape[1]
-        pred = generator(x[:, :n], x[:, n:n + 1], pos, x[:, n + 1:])[..., :h, :w].clamp(-1.024, 3.071)
+        pred = forward(x[:, :n], x[:, n:n + 1], pos, x[:, n + 1:])[..., :h, :w].clamp(-1.024, 3.071)
         for c, p, b, t, li in zip(chunk, pred, base, tgt, lin):
             s = sums.setdefault(c["k"], [0.0, 0.0, 0, 0.0])
             s[0] += float(((p - t) ** 2).mean())
@@ -407,6 +424,8 @@ def main(argv=None) -> int:
     disc.to(device)
     g_opt = make_g_opt(gen, config, float(config["lr"]))
     d_opt = torch.optim.Adam(disc.parameters(), lr=config["d_lr"], betas=(0.5, 0.999))
+    amp = bool(config["amp"])
+    g_scaler, d_scaler = grad_scaler(info, amp), grad_scaler(info, amp)
     state = {"epoch": 0, "best": -float("inf"), "since_best": 0, "pruned": False, "prune_epoch": None,
              "elapsed": 0.0, "lr": float(config["lr"]), "plateau": 0, "plateau_best": -float("inf")}
     ckpt = load_checkpoint(run_dir / "last.pt", device) if args.resume else None
@@ -418,6 +437,8 @@ def main(argv=None) -> int:
         disc.load_state_dict(ckpt["discriminator"])
         g_opt.load_state_dict(ckpt["g_opt"])
         d_opt.load_state_dict(ckpt["d_opt"])
+        restore_scaler(g_scaler, ckpt.get("g_scaler"))  # absent in checkpoints written before AMP
+        restore_scaler(d_scaler, ckpt.get("d_scaler"))
         state.update(ckpt["state"])
         ranks = ckpt.get("rng_ranks") or [{"rng": ckpt["rng"], "np_generator": ckpt["np_generator"]}]  # older runs
         mine = ranks[info.rank] if info.rank < len(ranks) else ranks[0]
@@ -432,41 +453,48 @@ def main(argv=None) -> int:
     budget = (args.max_minutes or float("inf")) * 60
     start = time.time() - state["elapsed"]
     iters = max(1, int(config["iters_per_epoch"]) // info.world_size)
+    bs, workers = int(config["batch_size"]), int(config["num_workers"])
+    loader = seeded_loader(SeededDataset(sampler.draw, iters * bs * info.world_size, int(config["seed"])),
+                           iters, bs, info, int(config["seed"]), workers) if workers > 0 else None
     recon = make_recon_loss(config)
     stop_reason = "max_epochs"
     while state["epoch"] < int(config["max_epochs"]):
         epoch = state["epoch"]
         use_adv = config["adv_weight"] > 0 and epoch >= int(config["adv_start_epoch"])
         totals = np.zeros(3)
+        # in-process: one stream continued across epochs (saved per rank); workers: a stream per epoch
+        batches = epoch_batches(loader, epoch) if loader else iter(lambda: sampler.batch(bs), None)
         for _ in range(iters):
-            ctx, pos, base, target, linear = (t.to(device) for t in sampler.batch(int(config["batch_size"])))
-            fake = g_ddp(ctx, base, pos, linear)
+            ctx, pos, base, target, linear = (t.to(device, non_blocking=True) for t in next(batches))
+            with autocast(info, amp):
+                fake = g_ddp(ctx, base, pos, linear)
             d_loss = torch.zeros((), device=device)
             if use_adv:  # a. discriminator step (LSGAN), real and synthesized slices in one forward
                 d_opt.zero_grad(set_to_none=True)
-                d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
-                d_loss = 0.5 * (((d_real - 1) ** 2).mean() + (d_fake ** 2).mean())
-                d_loss.backward()
-                d_opt.step()
+                with autocast(info, amp):
+                    d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
+                    d_loss = 0.5 * (((d_real.float() - 1) ** 2).mean() + (d_fake.float() ** 2).mean())
+                scaled_step(d_loss, d_opt, d_scaler)
             # b. generator step: reconstruction + adversarial
             g_opt.zero_grad(set_to_none=True)
-            r_loss = recon(fake, target)
-            loss = r_loss
-            if use_adv:
-                for p in disc.parameters():
-                    p.requires_grad_(False)
-                adv = ((disc(ctx, fake) - 1) ** 2).mean()  # unwrapped: no gradient sync for D here
-                for p in disc.parameters():
-                    p.requires_grad_(True)
-                loss = loss + config["adv_weight"] * adv
-            loss.backward()
-            g_opt.step()
+            with autocast(info, amp):
+                r_loss = recon(fake.float(), target)
+                loss = r_loss
+                if use_adv:
+                    for p in disc.parameters():
+                        p.requires_grad_(False)
+                    adv = ((disc(ctx, fake).float() - 1) ** 2).mean()  # unwrapped: no gradient sync for D here
+                    for p in disc.parameters():
+                        p.requires_grad_(True)
+                    loss = loss + config["adv_weight"] * adv
+            scaled_step(loss, g_opt, g_scaler)
             totals += [r_loss.item(), d_loss.item(), loss.item()]
+        del batches  # DataLoader workers of this epoch end here
         totals /= iters
         state["epoch"] = epoch = epoch + 1
         state["elapsed"] = broadcast_object(time.time() - start, info)  # DDP: one clock, same decisions
         recon_mean = mean_across_ranks(totals[0], info)
-        val = validate(unwrap(g_ddp), val_items, device) if epoch % int(config["val_every"]) == 0 else None
+        val = validate(unwrap(g_ddp), val_items, device, amp=amp) if epoch % int(config["val_every"]) == 0 else None
         val = broadcast_object(val, info)  # DDP: BatchNorm statistics differ per rank; rank 0's metrics decide
         msg = f"epoch {epoch} recon {recon_mean:.5f} d {totals[1]:.4f} lr {state['lr']:.2e}"
         if val:
@@ -506,6 +534,7 @@ def main(argv=None) -> int:
         save_checkpoint(run_dir / "last.pt", {
             "generator": unwrap(g_ddp).state_dict(), "discriminator": unwrap(d_ddp).state_dict(),
             "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "state": state,
+            "g_scaler": g_scaler.state_dict(), "d_scaler": d_scaler.state_dict(),
             "rng_ranks": gather_rng_states(rng, info)}, info)
         if state["pruned"] and state["prune_epoch"] is not None and \
                 epoch - state["prune_epoch"] >= int(config["prune_finetune_epochs"]):

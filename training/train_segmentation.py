@@ -5,7 +5,14 @@ Data (``data_mode``):
     ``.npz``): tissue layouts around real KiTS19 masks, rendered to CT-like HU on the fly with
     randomized intensities (domain randomization), plus phantom/real image cases;
   * ``images`` – a KiTS19 folder (``case_*/imaging.nii.gz`` + ``segmentation.nii.gz``) or two folders
-    ``images/`` and ``labels/`` with matching file names (``data``: the root folder).
+    ``images/`` and ``labels/`` with matching file names (``data``: the root folder). Preprocessed once
+    (canonical grid, windowed) into ``cache_dir`` (default ``<data>/.sculptorgan_cache``, or
+    ``<out>/cache`` when the data folder is read-only) and memory-mapped (``training/cache.py``).
+
+Loading: ``num_workers`` > 0 draws and augments patches in DataLoader worker processes (item i of epoch e
+from the seed (seed, e, i), ``training/loading.py``); ``images`` always goes through a DataLoader;
+``synthetic`` with 0 workers draws in the training process as before. ``amp`` (default true) trains
+and validates under autocast with a GradScaler on CUDA; a no-op on CPU.
 
 Patches are sampled with foreground oversampling; augmentation uses MONAI transforms (rotation,
 scaling, elastic deformation, mirroring, contrast/gamma, intensity scale/shift, noise). Loss is
@@ -36,9 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.common import (Logger, barrier, cleanup_distributed, init_distributed, load_checkpoint,  # noqa: E402
-                             load_config, mean_across_ranks, rng_state, save_checkpoint, seed_everything,
+from training.common import (DistInfo, Logger, amp_call, autocast, barrier, cleanup_distributed,  # noqa: E402
+                             grad_scaler, init_distributed, load_checkpoint, load_config, mean_across_ranks,
+                             restore_scaler, rng_state, save_checkpoint, scaled_step, seed_everything,
                              set_rng_state, unwrap, wrap_ddp, write_run_record)
+from training.loading import SeededDataset, default_cache_dir, epoch_batches, seeded_loader  # noqa: E402
 from training.common import broadcast_object  # noqa: E402  (DDP: one decision for all ranks)
 
 DEFAULTS: dict = {
@@ -60,6 +69,8 @@ DEFAULTS: dict = {
     # bookkeeping
     "seed": 0, "threads": 1, "device": "auto", "num_workers": 0, "name": "wpunet_kidney", "version": "1",
     "checkpoint_minutes": 5.0,
+    "amp": True,                    # mixed precision on CUDA (no-op on CPU)
+    "cache_dir": "",                # data_mode images: preprocessed cases ("" = <data>/.sculptorgan_cache)
 }
 
 
@@ -93,19 +104,21 @@ class CaseStore:
                 cases.append({k: z[k] for k in z.files})
         return cls(cases, names)
 
-    @classmethod
-    def from_images(cls, pairs: list[tuple[Path, Path]], spacing) -> "CaseStore":
-        from SculptorGANLib.io import read_ct, read_labels
-        from SculptorGANLib.segmentation import to_canonical
 
-        cases, names = [], []
-        for img, lab in pairs:
-            ct, lv = read_ct(img), read_labels(lab)
-            image, _ = to_canonical(ct, spacing, default=-1024.0)
-            labels, _ = to_canonical(lv, spacing, label=True)
-            cases.append({"image": image.astype(np.float32), "labels": labels.astype(np.uint8)})
-            names.append(str(img))
-        return cls(cases, names)
+def image_stores(config: dict, root: Path, run_dir: Path, train_names: list[str], val_names: list[str],
+                 info: DistInfo, log) -> tuple[CaseStore, CaseStore]:
+    """Training and validation image cases, preprocessed once into the on-disk cache and memory-mapped
+    (every rank prepares its share; all meet at a barrier). Cached images are already windowed."""
+    from training.cache import prepare_cache
+
+    pairs = dict((str(a), (a, b)) for a, b in find_image_cases(root))
+    cache_dir = Path(config["cache_dir"]) if config["cache_dir"] else default_cache_dir(root, run_dir)
+    params = {"spacing": [float(v) for v in config["spacing"]], "window": [float(v) for v in config["window"]]}
+    cases = prepare_cache([pairs[n] for n in train_names + val_names], cache_dir, params, info=info, log=log)
+    for case in cases:
+        case["normalized"] = True
+    log(f"image cache {cache_dir}: {len(cases)} cases")
+    return CaseStore(cases[:len(train_names)], train_names), CaseStore(cases[len(train_names):], val_names)
 
 
 def split_names(config: dict, root: Path) -> tuple[list[str], list[str]]:
@@ -153,13 +166,14 @@ def crop_patch(arrays: list[np.ndarray], labels: np.ndarray, size, rng: np.rando
 
 
 class PatchSampler:
-    """Draws augmented (image, label) training patches from a :class:`CaseStore`."""
+    """Draws augmented (image, label) training patches from a :class:`CaseStore`; also the augmentation
+    of cached image patches (``__call__``, a :class:`training.cache.PatchDataset` transform)."""
 
     def __init__(self, store: CaseStore, config: dict, rng: np.random.Generator):
         from monai.transforms import (Compose, Rand3DElasticd, RandAdjustContrastd, RandAffined, RandFlipd,
                                       RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd)
 
-        self.store, self.config, self.rng = store, config, rng
+        self.store, self.config = store, config
         # sampling weight per case: config "case_weights" maps a name prefix to a weight (default 1)
         w = np.array([next((float(v) for k, v in config.get("case_weights", {}).items() if Path(n).name.startswith(k)), 1.0)
                       for n in store.names])
@@ -181,18 +195,40 @@ class PatchSampler:
             RandShiftIntensityd(["image"], offsets=0.1, prob=config["aug_contrast_prob"]),
             RandGaussianNoised(["image"], prob=config["aug_noise_prob"], std=0.05),
         ])
+        self.reseed(rng)
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Draw from ``rng`` from now on (the MONAI transforms are seeded from it too)."""
+        self.rng = rng
         for t in (self.spatial, self.intensity):
             t.set_random_state(seed=int(rng.integers(2**31)))
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        from SculptorGANLib.segmentation import normalize
-        from SculptorGANLib.synth import render
-
         case = self.store.cases[self.rng.choice(len(self.store.cases), p=self.p)]
         is_layout = "layout" in case
         src = case["layout"] if is_layout else case["image"]
         img, lab = crop_patch([src, case["labels"]], case["labels"], self.big, self.rng, self.config["fg_prob"],
                               [0, 0] if is_layout else [-1024.0, 0])
+        return self.augment(img, lab, "layout" if is_layout else "hu")
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (image[1, ...], labels[1, ...]) item drawn with ``rng`` (a SeededDataset item, in a worker)."""
+        self.reseed(rng)
+        image, labels = self.sample()
+        return image[None], labels[None]
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        """Augment a cached (windowed) image patch of size ``self.big`` down to the patch size."""
+        self.reseed(rng)
+        return self.augment(image, labels, "normalized")
+
+    def augment(self, img: np.ndarray, lab: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Spatial augmentation (cropping to the patch size), then per ``kind``: render a tissue layout
+        ("layout") or add noise to HU ("hu") and window, or add noise to a windowed image ("normalized");
+        then intensity augmentation. Returns (float32 image, int64 labels)."""
+        from SculptorGANLib.segmentation import normalize
+        from SculptorGANLib.synth import render
+
         # spatial augmentation of the tissue layout (or image) and labels, cropping to the patch size;
         # layouts are rendered to HU afterwards, on the patch only
         data = self.spatial({"image": img[None].astype(np.float32), "label": lab[None].astype(np.float32)})
@@ -202,11 +238,16 @@ class PatchSampler:
             off = [(a - b) // 2 for a, b in zip(img.shape, self.patch)]
             sl = tuple(slice(o, o + p) for o, p in zip(off, self.patch))
             img, lab = img[sl], lab[sl]
-        if is_layout:
+        if kind == "layout":
             hu, _ = render(img.round().astype(np.uint8), self.rng, random_prob=self.config["synth_random_prob"])
-        else:
+            norm = normalize(hu, self.config["window"])
+        elif kind == "hu":
             hu = img + self.rng.normal(0, self.rng.uniform(0, 15), img.shape).astype(np.float32)
-        norm = normalize(hu, self.config["window"])
+            norm = normalize(hu, self.config["window"])
+        else:  # the same 0-15 HU noise, in window units
+            lo, hi = self.config["window"]
+            noise = self.rng.normal(0, self.rng.uniform(0, 15) * 2.0 / (hi - lo), img.shape).astype(np.float32)
+            norm = np.clip(img + noise, -1.0, 1.0)
         norm = np.asarray(self.intensity({"image": norm[None]})["image"])[0]
         return norm.astype(np.float32), lab
 
@@ -228,7 +269,8 @@ def validation_volumes(store: CaseStore, config: dict) -> list[tuple[np.ndarray,
             hu, _ = render(case["layout"], np.random.default_rng([7, i]), random_prob=0.0)
         else:
             hu = case["image"]
-        vols.append((normalize(hu, config["window"]), case["labels"], name))
+        image = np.array(hu, np.float32) if case.get("normalized") else normalize(hu, config["window"])  # memmap: copy
+        vols.append((image, np.asarray(case["labels"]), name))
     return vols
 
 
@@ -243,7 +285,8 @@ def validate(model: torch.nn.Module, vols, config: dict, device: torch.device) -
     model.eval()
     kid, tum = [], []
     for image, labels, _ in vols:
-        pred = sliding_window_probabilities(model, image, config["roi"], device).argmax(0)
+        forward = amp_call(model, device, config.get("amp", True))  # autocast on CUDA, float32 outputs
+        pred = sliding_window_probabilities(forward, image, config["roi"], device, amp=False).argmax(0)
         kid.append(dice(pred > 0, labels > 0))
         if (labels == 2).any():
             tum.append(dice(pred == 2, labels == 2))
@@ -325,6 +368,30 @@ def export(run_dir: Path, out_dir: Path, config: dict, which: str = "best", extr
 
 
 # ----------------------------------------------------------------------------- training loop
+def batch_stream(config: dict, store: CaseStore, info: DistInfo):
+    """``epoch -> iterator over this rank's (x, y) batches``. Synthetic data with ``num_workers`` 0 is
+    drawn in this process from a stream per (seed, rank, epoch), as before workers existed; otherwise a
+    DataLoader (``num_workers`` processes) serves items seeded by (seed, epoch, index): a SeededDataset
+    (synthetic) or a PatchDataset over the image cache. Either way an epoch replays exactly on resume."""
+    seed, bs, iters, workers = (int(config[k]) for k in ("seed", "batch_size", "iters_per_epoch", "num_workers"))
+    if config["data_mode"] == "synthetic" and workers == 0:
+        def in_process(epoch: int):
+            sampler = PatchSampler(store, config, np.random.default_rng([seed, info.rank, epoch]))
+            return iter(lambda: sampler.batch(bs), None)
+        return in_process
+    from training.cache import PatchDataset
+
+    sampler = PatchSampler(store, config, np.random.default_rng(seed))
+    n = iters * bs * info.world_size
+    if config["data_mode"] == "synthetic":
+        dataset = SeededDataset(sampler.draw, n, seed)
+    else:  # patches of sampler.big around foreground (±25 %), augmented and cropped to the patch size
+        dataset = PatchDataset(store.cases, sampler.big, n, seed, float(config["fg_prob"]), transform=sampler,
+                               jitter=0.25)
+    loader = seeded_loader(dataset, iters, bs, info, seed, workers)
+    return lambda epoch: epoch_batches(loader, epoch)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="JSON/YAML config file (keys as in DEFAULTS)")
@@ -356,7 +423,6 @@ def main(argv: list[str] | None = None) -> dict:
     info = init_distributed(config["device"])
     log = Logger(run_dir, info)
     seed_everything(int(config["seed"]) + info.rank)
-    rng = np.random.default_rng([int(config["seed"]), info.rank])
 
     root = Path(config["data"])
     if not root.is_absolute() and not root.exists():
@@ -366,9 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_store = CaseStore.from_synthetic(root, train_names)
         val_store = CaseStore.from_synthetic(root, val_names)
     else:
-        pairs = dict((str(a), (a, b)) for a, b in find_image_cases(root))
-        train_store = CaseStore.from_images([pairs[n] for n in train_names], tuple(config["spacing"]))
-        val_store = CaseStore.from_images([pairs[n] for n in val_names], tuple(config["spacing"]))
+        train_store, val_store = image_stores(config, root, run_dir, train_names, val_names, info, log)
     write_run_record(run_dir, config, train_names + ["VAL:" + n for n in val_names], info)
     log(f"{len(train_names)} training and {len(val_names)} validation cases; world size {info.world_size}")
 
@@ -380,8 +444,11 @@ def main(argv: list[str] | None = None) -> dict:
     alpha = float(config["alpha"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=alpha, lambda_ce=1 - alpha)
     opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=float(config["plateau_factor"]),
-                                                       patience=int(config["plateau_patience"]))
+    plateau = lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(  # noqa: E731
+        o, mode="max", factor=float(config["plateau_factor"]), patience=int(config["plateau_patience"]))
+    sched = plateau(opt)
+    amp = bool(config["amp"])
+    scaler = grad_scaler(info, amp)
     state = {"iteration": 0, "epoch": 0, "best": -1.0, "best_epoch": 0, "best_metrics": {}, "sparsity": 0.0,
              "best_sparsity": 0.0, "history": []}
     ckpt = load_checkpoint(run_dir / "last.pt", info.device) if args.resume else None
@@ -394,19 +461,20 @@ def main(argv: list[str] | None = None) -> dict:
         if float(ckpt.get("config", {}).get("lr", config["lr"])) != float(config["lr"]):  # a new lr was asked for
             for group in opt.param_groups:
                 group["lr"] = float(config["lr"])
+        sched = plateau(opt)  # bound to the optimizer that is stepped from now on
         sched.load_state_dict(ckpt["scheduler"])
+        restore_scaler(scaler, ckpt.get("scaler"))  # absent in checkpoints written before AMP
         state.update({k: ckpt[k] for k in state if k in ckpt})
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
-            rng = np.random.default_rng(np.random.randint(2**31) + info.rank)
         log(f"resumed at iteration {state['iteration']} (epoch {state['epoch']}, sparsity {state['sparsity']:.2f})")
     ddp_model = wrap_ddp(model, info)
-    sampler = PatchSampler(train_store, config, rng)
+    batches_of = batch_stream(config, train_store, info)
     val_vols = validation_volumes(val_store, config) if info.is_main else []
 
     def checkpoint(name: str) -> None:
         record = {"model": plain_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "config": config, "rng": rng_state(), **state}
+                  "scaler": scaler.state_dict(), "config": config, "rng": rng_state(), **state}
         save_checkpoint(run_dir / f"{name}.pt", record, info)
 
     start = time.time()
@@ -417,8 +485,8 @@ def main(argv: list[str] | None = None) -> dict:
     while state["epoch"] < config["max_epochs"]:
         losses = []
         t_epoch = time.time()
-        # patch streams per (seed, rank, epoch): a run resumed at an epoch boundary continues exactly, per rank
-        sampler = PatchSampler(train_store, config, np.random.default_rng([int(config["seed"]), info.rank, state["epoch"]]))
+        # patch streams per epoch: a run resumed at an epoch boundary continues exactly, per rank
+        batches = batches_of(state["epoch"])
         for _ in range(int(config["iters_per_epoch"])):
             s = target_sparsity(state["iteration"], config)
             if s > state["sparsity"] + 1e-9:
@@ -426,13 +494,13 @@ def main(argv: list[str] | None = None) -> dict:
                 opt = _rebind_optimizer(opt, model)
                 state["sparsity"] = s
                 log(f"pruned WP-block weights to {s:.0%} sparsity: {sparsity_report(model)}")
-            x, y = sampler.batch(int(config["batch_size"]))
-            x = x.to(info.device).contiguous(memory_format=fmt)
-            y = y.to(info.device)
-            loss = loss_fn(ddp_model(x), y)
+            x, y = next(batches)
+            x = x.to(info.device, non_blocking=True).contiguous(memory_format=fmt)
+            y = y.to(info.device, non_blocking=True)
+            with autocast(info, amp):
+                loss = loss_fn(ddp_model(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaled_step(loss, opt, scaler)
             losses.append(loss.item())
             state["iteration"] += 1
             out_of_time = args.max_minutes is not None and broadcast_object(  # DDP: all ranks stop together
@@ -443,6 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
             if time.time() - last_ckpt > 60 * config["checkpoint_minutes"]:
                 checkpoint("last")
                 last_ckpt = time.time()
+        del batches  # DataLoader workers of this epoch end here
         state["epoch"] += 1
         mean_loss = mean_across_ranks(float(np.mean(losses)) if losses else float("nan"), info)
         entry = {"epoch": state["epoch"], "iteration": state["iteration"], "loss": mean_loss,
