@@ -448,6 +448,7 @@ class SculptorGANResult:
         for step, info in self.info.get("methods", {}).items():
             seconds = self.info.get("timings_s", {}).get(step)
             lines.append(f"{step}: {info.get('method', '')}" + (f" ({seconds:.1f} s)" if seconds else ""))
+            lines += [f"  note: {note}" for note in info.get("notes", [])]
         return "\n".join(lines)
 
 

@@ -83,11 +83,16 @@ def structure_crops(labels: LabelVolume, ct_array: np.ndarray | None = None) -> 
     return {name: (mask, lo) for name, mask in out.items()}
 
 
-def split_structures(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Full-grid boolean masks for 'kidney_left', 'kidney_right', 'tumor' (see :func:`structure_crops`)."""
+def crops_to_full(crops: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Full-grid boolean masks from :func:`structure_crops` output."""
     full = {}
-    for name, (mask, lo) in structure_crops(labels, ct_array).items():
-        grid = np.zeros(labels.shape, bool)
+    for name, (mask, lo) in crops.items():
+        grid = np.zeros(shape, bool)
         grid[lo[0]:lo[0] + mask.shape[0], lo[1]:lo[1] + mask.shape[1], lo[2]:lo[2] + mask.shape[2]] = mask
         full[name] = grid
     return full
+
+
+def split_structures(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Full-grid boolean masks for 'kidney_left', 'kidney_right', 'tumor' (see :func:`structure_crops`)."""
+    return crops_to_full(structure_crops(labels, ct_array), labels.shape)

@@ -82,6 +82,8 @@ def _add_segmentation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="keep the raw network output (no per-side largest kidney, attached tumor, hole filling)")
     p.add_argument("--morph-mm", type=float, default=0.0, metavar="R", help="morphological clean-up radius in mm")
+    p.add_argument("--overlap", type=float, default=0.25, metavar="F",
+                   help="sliding-window overlap 0–0.9 (higher: smoother, slower; default 0.25)")
 
 
 def _add_mesh(p: argparse.ArgumentParser) -> None:
@@ -102,6 +104,12 @@ def _with_missing(ct, missing: tuple[int, ...] | None):
     return drop_slices(ct, missing)
 
 
+def _print_notes(info: dict) -> None:
+    """A stage's notes (fallbacks taken, warnings about the input) on stderr."""
+    for note in info.get("notes", []):
+        print(f"  note: {note}", file=sys.stderr)
+
+
 def _print_summary(report_path: Path) -> None:
     import json
 
@@ -109,6 +117,7 @@ def _print_summary(report_path: Path) -> None:
     print(f"Results in {report_path.parent}")
     for stage, info in report["methods"].items():
         print(f"  {stage:12s} {info.get('method')}  ({report['timings_s'].get(stage, 0):.2f} s)")
+        _print_notes(info)
     for name, ml in report.get("volumes_ml", {}).items():
         print(f"  {name:12s} {ml:8.1f} mL")
     scores = report.get("demo", {}).get("scores_vs_ground_truth")
@@ -137,7 +146,7 @@ def _pipeline_options(args, steps):
                            interpolation_model=args.interp_model, enhance=args.enhance,
                            segmentation_model=getattr(args, "model", None), device=args.device,
                            postprocess=getattr(args, "postprocess", True), morph_mm=getattr(args, "morph_mm", 0.0),
-                           smoothing=getattr(args, "smoothing", 0.5))
+                           overlap=getattr(args, "overlap", 0.25), smoothing=getattr(args, "smoothing", 0.5))
 
 
 def cmd_run(args) -> int:
@@ -189,21 +198,22 @@ def cmd_segment(args) -> int:
     try:
         result = run_pipeline(ct, PipelineOptions(steps=("segment",), segmentation_model=args.model,
                                                   device=args.device, postprocess=args.postprocess,
-                                                  morph_mm=args.morph_mm), progress=bar)
+                                                  morph_mm=args.morph_mm, overlap=args.overlap), progress=bar)
     finally:
         bar.close()
     labels = result.labels
     if str(args.output).lower().endswith(".seg.nrrd"):
-        from .anatomy import split_structures
+        from .anatomy import crops_to_full
         from .results import structure_labelmap
 
-        labels = structure_labelmap(labels, split_structures(labels, ct.array))
+        labels = structure_labelmap(labels, crops_to_full(result.structure_crops(), labels.shape))
     with staged_output_file(args.output) as tmp:
         write_volume(labels, tmp)
     from .report import structure_volumes_ml
 
     volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in structure_volumes_ml(result).items()) or "nothing found"
     print(f"{args.output}: {volumes} ({result.methods['segment'].get('method')})")
+    _print_notes(result.methods["segment"])
     return 0
 
 

@@ -156,10 +156,12 @@ def _components(mask: np.ndarray) -> int:
 
 
 def measure_structures(labels: LabelVolume, meshes: dict[str, vtk.vtkPolyData] | None = None,
-                       ct_array: np.ndarray | None = None) -> dict:
-    """Measurements per structure (names as in the meshes) and a 'tumor' block; JSON-serialisable."""
+                       ct_array: np.ndarray | None = None, crops: dict | None = None) -> dict:
+    """Measurements per structure (names as in the meshes) and a 'tumor' block; JSON-serialisable.
+
+    ``crops``: an :func:`.anatomy.structure_crops` result to reuse (else computed here)."""
     meshes = meshes or {}
-    structures = structure_masks(labels, ct_array)
+    structures = structure_masks(labels, ct_array, crops)
     voxel_ml = labels.voxel_volume_ml
     blocks = {name: _structure_block(mask, off, labels.geometry, meshes.get(name), voxel_ml)
               for name, (mask, off) in structures.items()}

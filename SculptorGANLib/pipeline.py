@@ -34,6 +34,7 @@ class PipelineOptions:
     segmentation_model: str | None = None    # None: the shipped default
     postprocess: bool = True                 # anatomical clean-up of the network output
     morph_mm: float = 0.0                    # optional morphological opening/closing radius (mm)
+    overlap: float = 0.25                    # sliding-window overlap of the segmentation (0–0.9)
     device: str = "auto"
     smoothing: float = 0.5
 
@@ -49,6 +50,8 @@ class PipelineOptions:
             raise SculptorGANError(f"target spacing must be positive, got {self.target_spacing}")
         if self.morph_mm < 0:
             raise SculptorGANError(f"morphology radius must be >= 0 mm, got {self.morph_mm}")
+        if not 0 <= self.overlap <= 0.9:
+            raise SculptorGANError(f"overlap must be between 0 and 0.9, got {self.overlap}")
         if not 0 <= self.smoothing <= 1:
             raise SculptorGANError(f"smoothing must be between 0 and 1, got {self.smoothing}")
 
@@ -64,6 +67,18 @@ class PipelineResult:
     measurements: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    _crops: tuple | None = field(default=None, repr=False, compare=False)
+
+    def structure_crops(self) -> dict:
+        """:func:`.anatomy.structure_crops` of ``labels`` — the left/right split done once per result."""
+        if self.labels is None:
+            return {}
+        if self._crops is None or self._crops[0] is not self.labels:
+            from .anatomy import structure_crops
+
+            ct_array = self.ct.array if self.ct.same_grid(self.labels) else None
+            self._crops = (self.labels, structure_crops(self.labels, ct_array))
+        return self._crops[1]
 
 
 class _StageProgress:
@@ -99,17 +114,19 @@ def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tu
     from .segmentation import segment
 
     return segment(ct, model=options.segmentation_model, device=options.device, progress=progress, cancel=cancel,
-                   postprocess=options.postprocess, morph_mm=options.morph_mm)
+                   postprocess=options.postprocess, morph_mm=options.morph_mm, overlap=options.overlap)
 
 
-def _run_surfaces(labels: LabelVolume, ct: CTVolume, options: PipelineOptions) -> tuple[dict, dict, dict]:
+def _run_surfaces(result: PipelineResult, options: PipelineOptions) -> tuple[dict, dict, dict]:
     from .measure import measure_structures
     from .shape_interpolation import thick_axis
     from .surfaces import labelmap_to_meshes
 
+    labels, ct = result.labels, result.ct
     ct_array = ct.array if ct.same_grid(labels) else None
-    meshes = labelmap_to_meshes(labels, ct_array, smoothing=options.smoothing)
-    measurements = measure_structures(labels, meshes, ct_array)
+    crops = result.structure_crops()
+    meshes = labelmap_to_meshes(labels, ct_array, smoothing=options.smoothing, crops=crops)
+    measurements = measure_structures(labels, meshes, ct_array, crops=crops)
     method = "discrete flying edges + windowed-sinc smoothing (VTK)"
     if thick_axis(labels.geometry.spacing[::-1]) is not None:
         method = "shape-based interpolation + " + method
@@ -137,7 +154,7 @@ def run_pipeline(ct: CTVolume, options: PipelineOptions | None = None, progress:
         elif step == "surfaces":
             if result.labels is None:
                 raise SculptorGANError("the surfaces step needs a segmentation: add the segment step")
-            result.meshes, result.measurements, result.methods[step] = _run_surfaces(result.labels, result.ct, options)
+            result.meshes, result.measurements, result.methods[step] = _run_surfaces(result, options)
         result.timings[step] = round(time.perf_counter() - started, 3)
         done += _STAGE_WEIGHT[step]
         stage_progress(1.0, f"{step} done")

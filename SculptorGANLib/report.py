@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from .anatomy import structure_crops
 from .pipeline import PipelineResult
 from .volume import CTVolume
 
@@ -36,8 +35,7 @@ def structure_volumes_ml(result: PipelineResult) -> dict[str, float]:
     """mL per structure (kidney_left, kidney_right, tumor) from voxel counts."""
     if result.labels is None:
         return {}
-    ct_array = result.ct.array if result.ct.same_grid(result.labels) else None
-    crops = structure_crops(result.labels, ct_array)  # counts need no full-grid masks
+    crops = result.structure_crops()  # counts need no full-grid masks
     return {name: round(float(mask.sum()) * result.labels.voxel_volume_ml, 3) for name, (mask, _) in crops.items()}
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .anatomy import split_structures
+from .anatomy import crops_to_full
 from .io import write_volume
 from .output import staged_output_dir
 from .pipeline import PipelineResult
@@ -54,8 +54,7 @@ def write_results(result: PipelineResult, out_dir: str | Path, source: str | Non
         masks: dict = {}
         if result.labels is not None:
             keep(write_volume(result.labels, stage / "segmentation.nii.gz"))
-            ct_array = result.ct.array if result.ct.same_grid(result.labels) else None
-            masks = split_structures(result.labels, ct_array)
+            masks = crops_to_full(result.structure_crops(), result.labels.shape)
             keep(write_volume(structure_labelmap(result.labels, masks), stage / "segmentation.seg.nrrd"))
         if result.meshes:
             from .surfaces import write_meshes

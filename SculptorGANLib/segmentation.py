@@ -124,8 +124,6 @@ _MODEL_CACHE: dict = {}
 
 def load_network(card, device):
     """The card's network on ``device`` in eval mode (cached per card checksum and device)."""
-    import torch
-
     from .models import load_weights
     from .nn.wpunet import build_model
 
@@ -289,8 +287,15 @@ def segment(ct: CTVolume, model: str | None = None, device: str = "auto", progre
         net = load_network(card, dev)
         arr, extra = predict_labels(net, ct, card, dev, overlap=overlap, postprocess=postprocess,
                                     morph_mm=morph_mm, progress=progress, cancel=cancel)
+    from .contrast import contrast_note, contrast_phase, kidney_median_hu
+
+    kidney_hu = kidney_median_hu(ct.array, arr)
+    if contrast_note(kidney_hu):
+        notes.append(contrast_note(kidney_hu))
     if progress:
         progress(1.0, "segmented")
     info = {"method": card.architecture, "model": card.name, "version": card.version, "device": str(dev),
-            "postprocess": bool(postprocess), "seconds": round(time.time() - start, 3), "notes": notes, **extra}
+            "postprocess": bool(postprocess), "seconds": round(time.time() - start, 3), "notes": notes,
+            "kidney_median_hu": None if kidney_hu is None else round(kidney_hu, 1),
+            "contrast": contrast_phase(kidney_hu), **extra}
     return LabelVolume(arr, ct.geometry, name=f"{ct.name}_segmentation"), info

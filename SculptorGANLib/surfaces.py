@@ -41,10 +41,13 @@ def _padded_crop(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: int 
     return out, np.asarray(lo) - margin
 
 
-def structure_masks(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each structure (see :func:`.anatomy.structure_crops`) as (zero-padded cropped mask, zyx offset)."""
+def structure_masks(labels: LabelVolume, ct_array: np.ndarray | None = None,
+                    crops: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each structure (see :func:`.anatomy.structure_crops`; ``crops`` if already computed) as
+    (zero-padded cropped mask, zyx offset)."""
     result = {}
-    for name, (mask, offset) in structure_crops(labels, ct_array).items():
+    crops = structure_crops(labels, ct_array) if crops is None else crops
+    for name, (mask, offset) in crops.items():
         sub_lo, sub_hi = bounding_box(mask)
         crop, sub_offset = _padded_crop(mask, sub_lo, sub_hi)
         result[name] = (crop, sub_offset + offset)
@@ -189,14 +192,16 @@ def _interpolation_axis(spacing_zyx, interpolate) -> int | None:
 
 def labelmap_to_meshes(labels: LabelVolume, ct_array: np.ndarray | None = None, smoothing: float = 0.5,
                        method: str = "flying_edges", joint: bool = False, decimation: float = 0.0,
-                       interpolate: str | bool | float = "auto", normals: bool = True) -> dict[str, vtk.vtkPolyData]:
+                       interpolate: str | bool | float = "auto", normals: bool = True,
+                       crops: dict | None = None) -> dict[str, vtk.vtkPolyData]:
     """One closed LPS surface per structure ('kidney_left', 'kidney_right', 'tumor', others by name).
 
     See :func:`mask_to_mesh` for the options. ``joint=True`` meshes all structures together with
     multi-label surface nets (``method`` is then ignored) so shared interfaces coincide exactly.
-    ``ct_array`` (same grid) only serves to find the body midline for the left/right split.
+    ``ct_array`` (same grid) only serves to find the body midline for the left/right split;
+    ``crops`` reuses an :func:`.anatomy.structure_crops` result instead of splitting again.
     """
-    structures = structure_masks(labels, ct_array)
+    structures = structure_masks(labels, ct_array, crops)
     if not structures:
         return {}
     if joint:

@@ -47,7 +47,23 @@ def test_surfaces_without_segment_is_refused(thick_input):
 
 
 @pytest.mark.parametrize("kwargs", [dict(factor=0), dict(target_spacing=-1.0), dict(steps=("nope",)),
-                                    dict(factor=2, target_spacing=1.0), dict(smoothing=2.0)])
+                                    dict(factor=2, target_spacing=1.0), dict(smoothing=2.0),
+                                    dict(overlap=0.95), dict(overlap=-0.1)])
 def test_bad_options(kwargs):
     with pytest.raises(SculptorGANError):
         PipelineOptions(**kwargs)
+
+
+def test_left_right_split_done_once_per_run(small_phantom, tmp_path, monkeypatch):
+    """Surfaces, measurements, the .seg.nrrd and the report share one kidney split."""
+    from SculptorGANLib import anatomy
+    from SculptorGANLib.results import write_results
+
+    ct, _ = small_phantom
+    calls = []
+    original = anatomy.component_centroids
+    monkeypatch.setattr(anatomy, "component_centroids", lambda mask: calls.append(1) or original(mask))
+    result = run_pipeline(ct, PipelineOptions(steps=("segment", "surfaces"), device="cpu"))
+    write_results(result, tmp_path / "out")
+    assert {"kidney_left", "kidney_right"} <= set(result.meshes)
+    assert len(calls) == 1

@@ -1,5 +1,4 @@
 """WP-UNet shapes (2D/3D), magnitude pruning to a target sparsity, the composite loss, cost report."""
-import numpy as np
 import pytest
 import torch
 

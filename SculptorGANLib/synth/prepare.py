@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ..io import read_labels
 from ..phantom import make_phantom
