@@ -53,7 +53,8 @@ def keep_kidneys(labels: LabelVolume, ct_array: np.ndarray | None = None, min_ml
     """Labels keeping, per body side, the largest kidney+tumor component(s) of at least ``min_ml``.
 
     With a CT and ``posterior_only``, components whose centroid is anterior to the body's centre
-    on their slices are not candidates (see :func:`_in_posterior_body`).
+    on their slices are passed over (see :func:`_in_posterior_body`) — unless a side has no other
+    candidate: a kidney merged with an anterior leak is then still kept rather than lost.
     """
     arr = labels.array
     fg = arr > 0
@@ -71,7 +72,8 @@ def keep_kidneys(labels: LabelVolume, ct_array: np.ndarray | None = None, min_ml
     keep = []
     for side in (1, -1):  # +: patient left (LPS +x), -: patient right
         cand = [i for i in range(n) if np.sign(xs[i] - midline + 1e-9) == side and kidney_sizes[i] > 0
-                and sizes[i] >= min_ml and posterior_ok[i]]
+                and sizes[i] >= min_ml]
+        cand = [i for i in cand if posterior_ok[i]] or cand
         keep += sorted(cand, key=lambda i: -sizes[i])[:max_per_side]
     out = np.where(np.isin(comps, np.asarray(keep, int) + 1), arr, 0).astype(np.uint8)
     return out

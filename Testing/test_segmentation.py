@@ -56,6 +56,15 @@ def test_anterior_component_is_not_taken_for_a_kidney():
     assert out[15, 7, 14] == KIDNEY and out[15, 20, 10] == 0
 
 
+def test_anterior_component_is_kept_when_a_side_has_nothing_else():
+    """A kidney merged with an anterior leak (centroid in front of the body centre) is not lost."""
+    ct, lab = scene()
+    lab[:, :, :lab.shape[2] // 2] = 0  # only one side's kidney remains there …
+    blob(lab, (15, 7, 14), 6, KIDNEY)  # … and an anterior component alone on the other side
+    out = postprocess(LabelVolume(lab, Geometry((2.0, 2.0, 2.0))), ct, min_kidney_ml=0.01).array
+    assert out[15, 7, 14] == KIDNEY
+
+
 def test_tumor_detached_from_kidney_is_removed_and_specks_dropped():
     lab = np.zeros((30, 30, 60), np.uint8)
     blob(lab, (15, 15, 12), 6, KIDNEY)
