@@ -240,7 +240,8 @@ def main(argv=None) -> int:
         png = args.out / "real_ct_overlay.png"
         overlay(ct, labels, png, f"{card.name} on {args.real_ct.name} (red kidney, green tumor)")
         lines += ["", "## Real CT (no ground truth)", "", f"`{args.real_ct.name}`: structures found (ml): {vols}; "
-                  f"{info['seconds']:.1f} s. Overlay: `{png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}`."]
+                  f"{info['seconds']:.1f} s; contrast check: {info.get('contrast')} (kidney median "
+                  f"{info.get('kidney_median_hu')} HU). Overlay: `{png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}`."]
         print(lines[-1], flush=True)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
