@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .anatomy import bounding_box
 from .volume import KIDNEY
 
 #: Kidney median HU below which a scan is called non-contrast.
@@ -20,15 +21,18 @@ MIN_VOXELS = 50
 
 def kidney_median_hu(ct_array: np.ndarray, labels: np.ndarray) -> float | None:
     """Median HU of the kidney label (eroded by one voxel against partial volume); None if too small."""
-    kidney = labels == KIDNEY
-    if not kidney.any():
+    box = bounding_box(labels == KIDNEY)
+    if box is None:
         return None
+    # one voxel of background around the box, so the erosion treats the box edge like the full grid does
+    crop = tuple(slice(max(0, a - 1), b + 1) for a, b in zip(*box))
+    kidney = labels[crop] == KIDNEY
     core = ndimage.binary_erosion(kidney)
     if core.sum() < MIN_VOXELS:
         core = kidney
     if core.sum() < MIN_VOXELS:
         return None
-    return float(np.median(ct_array[core]))
+    return float(np.median(ct_array[crop][core]))
 
 
 def contrast_phase(median_hu: float | None) -> str:

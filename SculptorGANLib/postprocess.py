@@ -33,16 +33,15 @@ def _in_posterior_body(comps, n, centroids, ct_array, labels: LabelVolume) -> li
     """
     if ct_array is None:
         return [True] * n
-    body = ct_array > -500
     geo = labels.geometry
     out = []
-    for i in range(n):
-        zs = np.nonzero((comps == i + 1).any(axis=(1, 2)))[0]
-        region = body[zs.min(): zs.max() + 1]
+    for i, box in enumerate(ndimage.find_objects(comps, n)):  # one pass for every component's slices
+        z0, z1 = box[0].start, box[0].stop
+        region = ct_array[z0:z1] > -500
         if not region.any():
             out.append(True)
             continue
-        bc = np.asarray(ndimage.center_of_mass(region)) + [zs.min(), 0, 0]
+        bc = np.asarray(ndimage.center_of_mass(region)) + [z0, 0, 0]
         pts = geo.index_to_physical(np.stack([bc, centroids[i]])[:, ::-1])
         out.append(bool(pts[1, 1] > pts[0, 1]))  # LPS y grows towards posterior
     return out

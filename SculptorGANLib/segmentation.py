@@ -225,7 +225,7 @@ def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, po
 
         idx = np.argwhere(out > 0)
         box = tuple(slice(max(0, a - 2), b + 3) for a, b in zip(idx.min(0), idx.max(0)))
-        part = drop_specks(out[box], LabelVolume(out[:1, :1, :1], ct.geometry).voxel_volume_ml, 0.2)
+        part = drop_specks(out[box], ct.voxel_volume_ml, 0.2)
         out[box] = fill_holes(tumor_attached(part))
     return out, {"model_grid": list(hu.shape), "model_spacing": list(spacing), "window": list(window)}
 
@@ -290,8 +290,9 @@ def segment(ct: CTVolume, model: str | None = None, device: str = "auto", progre
     from .contrast import contrast_note, contrast_phase, kidney_median_hu
 
     kidney_hu = kidney_median_hu(ct.array, arr)
-    if contrast_note(kidney_hu):
-        notes.append(contrast_note(kidney_hu))
+    note = contrast_note(kidney_hu)
+    if note:
+        notes.append(note)
     if progress:
         progress(1.0, "segmented")
     info = {"method": card.architecture, "model": card.name, "version": card.version, "device": str(dev),
