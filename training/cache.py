@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from training.common import DistInfo, barrier, shard
+from training.loading import SeededDataset
 
 CACHE_VERSION = 1
 #: At most this many foreground voxel coordinates are kept per case for oversampling.
@@ -164,12 +164,13 @@ def sample_patch(case: dict, size: Sequence[int], rng: np.random.Generator, fg_p
     return img, lab, bool(on_fg)
 
 
-class PatchDataset(torch.utils.data.Dataset):
+class PatchDataset(SeededDataset):
     """``samples_per_epoch`` random patches from cached cases, with foreground oversampling.
 
-    Item ``i`` of epoch ``e`` depends only on (seed, e, i): the same for any number of workers or ranks,
-    so :class:`training.common.ResumableSampler` splits and resumes it exactly. Call ``set_epoch`` (the
-    sampler's epoch) before iterating; with ``persistent_workers`` the workers' copies would not see it.
+    Item ``i`` of epoch ``e`` depends only on (seed, e, i) (a :class:`training.loading.SeededDataset`):
+    the same for any number of workers or ranks, so :class:`training.common.ResumableSampler` splits and
+    resumes it exactly. Call ``set_epoch`` (the sampler's epoch) before iterating; with
+    ``persistent_workers`` the workers' copies would not see it.
     ``transform(image, labels, rng)`` (e.g. augmentation) may change the patch size.
     Returns (image[1, z, y, x] float32, labels[1, z, y, x] int64).
     """
@@ -178,27 +179,15 @@ class PatchDataset(torch.utils.data.Dataset):
                  fg_prob: float = 0.5, transform: Callable | None = None, jitter: float = 0.0):
         if not cases:
             raise ValueError("PatchDataset needs at least one case")
+        super().__init__(self._draw, samples_per_epoch, seed)
         self.cases, self.patch_size = list(cases), tuple(int(p) for p in patch_size)
-        self.samples, self.seed, self.fg_prob, self.transform = int(samples_per_epoch), int(seed), float(fg_prob), transform
-        self.jitter = float(jitter)
-        self.epoch = 0
+        self.fg_prob, self.transform, self.jitter = float(fg_prob), transform, float(jitter)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.samples
-
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
-    def __getitem__(self, index: int):
-        rng = self.rng(index)
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         case = self.cases[int(rng.integers(len(self.cases)))]
         image, labels, _ = sample_patch(case, self.patch_size, rng, self.fg_prob, jitter=self.jitter)
         if labels is None:
             labels = np.zeros(self.patch_size, np.uint8)
         if self.transform is not None:
             image, labels = self.transform(image, labels, rng)
-        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
-                torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None])
+        return np.asarray(image, dtype=np.float32)[None], np.asarray(labels).astype(np.int64)[None]

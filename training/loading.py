@@ -2,10 +2,10 @@
 
 * :class:`SeededDataset` turns any ``draw(rng) -> arrays`` function (a patch sampler with its MONAI
   augmentation, a slice sampler...) into a map-style dataset whose item ``i`` of epoch ``e`` is drawn
-  with ``np.random.default_rng([seed, e, i])`` – the scheme of :class:`training.cache.PatchDataset`. Its
+  with ``np.random.default_rng([seed, e, i])`` (:class:`training.cache.PatchDataset` is one). Its
   stream is therefore the same for any number of workers, the sampler of ``make_loader`` splits the
   indices between ranks (so ranks draw different items), and an epoch can be replayed exactly on resume.
-* :func:`seeded_loader` / :func:`epoch_batches`: the DataLoader for such a dataset (or a PatchDataset),
+* :func:`seeded_loader` / :func:`epoch_batches`: the DataLoader for such a dataset (a PatchDataset is one),
   and one epoch's batches from it.
 * :func:`default_cache_dir`: where ``data_mode: images`` keeps its preprocessed cases.
 
