@@ -164,6 +164,21 @@ def test_interpolation_workers_resume_exact(tmp_path, monkeypatch):
     assert "g_scaler" in ckpt and "d_scaler" in ckpt
 
 
+def test_interpolation_in_process_resume_from_oldest_format(tmp_path):
+    """A checkpoint as written before AMP and before the shared rank-RNG helpers (slice-sampler state
+    under "np_generator") still resumes exactly: the in-process sampler continues its stream."""
+    assert ti.main(_argv(tmp_path / "full", INTERP, max_epochs=2)) == 0
+    assert ti.main(_argv(tmp_path / "part", INTERP, max_epochs=1)) == 0
+    path = tmp_path / "part" / "last.pt"
+    _strip_scaler(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["rng_ranks"] = [{"rng": r["rng"], "np_generator": r["extra"]} for r in ckpt["rng_ranks"]]
+    torch.save(ckpt, path)
+    assert ti.main(["--out", str(tmp_path / "part"), "--resume", "--set", "max_epochs=2"]) == 0
+    for key in ("generator", "discriminator"):
+        assert _same(_weights(path, key), _weights(tmp_path / "full" / "last.pt", key)), key
+
+
 def test_amp_path_forced_on_cpu(synth_data, tmp_path, monkeypatch):
     """CPU bfloat16 autocast + an enabled GradScaler: 2 steps of each trainer give finite losses, the
     scaler state is checkpointed and restored on resume."""

@@ -38,15 +38,14 @@ if str(ROOT) not in sys.path:
 
 from SculptorGANLib.interp_data import context_arrays, normalize, pad_to_multiple, spline_at  # noqa: E402
 from SculptorGANLib.models import ModelCard, save_model  # noqa: E402
-from SculptorGANLib.nn.gan import (DISCRIMINATOR_ARCH, GENERATOR_ARCH, PatchDiscriminator,  # noqa: E402
-                                   SculptorGenerator, count_parameters)
+from SculptorGANLib.nn.gan import (GENERATOR_ARCH, PatchDiscriminator, SculptorGenerator,  # noqa: E402
+                                   count_parameters)
 from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, sparsity_report  # noqa: E402
-from training.common import (DistInfo, Logger, amp_call, autocast, cleanup_distributed, grad_scaler,  # noqa: E402
-                             init_distributed, load_checkpoint, load_config, mean_across_ranks, restore_scaler,
-                             rng_state, save_checkpoint, scaled_step, seed_everything, set_rng_state, unwrap,
-                             wrap_ddp, write_run_record)
+from training.common import (DistInfo, Logger, amp_call, autocast, broadcast_object,  # noqa: E402
+                             cleanup_distributed, gather_rng_states, grad_scaler, init_distributed,
+                             load_checkpoint, load_config, mean_across_ranks, restore_rng_states, restore_scaler,
+                             save_checkpoint, scaled_step, seed_everything, unwrap, wrap_ddp, write_run_record)
 from training.loading import SeededDataset, epoch_batches, seeded_loader  # noqa: E402
-from training.common import broadcast_object  # noqa: E402  (DDP: one decision for all ranks)
 
 DEFAULTS: dict = {
     # data
@@ -316,18 +315,6 @@ def export_generator(state: dict, config: dict, out_dir: Path, extra_training: d
 
 
 # ----------------------------------------------------------------------------- training
-def gather_rng_states(rng: np.random.Generator, info: DistInfo) -> list[dict]:
-    """Every rank's random-generator states (each rank samples its own data), for exact resumption."""
-    mine = {"rng": rng_state(), "np_generator": json.dumps(rng.bit_generator.state)}
-    if not info.distributed:
-        return [mine]
-    import torch.distributed as dist
-
-    gathered: list = [None] * info.world_size
-    dist.all_gather_object(gathered, mine)
-    return gathered
-
-
 def make_g_opt(gen: SculptorGenerator, config: dict, lr: float) -> torch.optim.Optimizer:
     """Adam (β1 0.5 as in pix2pix); the cubic/linear blend weights get ``blend_lr_mult``× the learning rate."""
     blend = [p for n, p in gen.named_parameters() if n.startswith("blend.")]
@@ -377,7 +364,7 @@ def main(argv=None) -> int:
     saved = run_dir / "run.json"
     if (args.resume or args.export_only) and saved.is_file() and not args.config:
         config = load_config(DEFAULTS, None, None)
-        config.update(json.loads(saved.read_text())["config"])
+        config.update(json.loads(saved.read_text(encoding="utf-8"))["config"])
         config = load_config(config, None, args.set)
     else:
         config = load_config(DEFAULTS, args.config, args.set)
@@ -387,8 +374,8 @@ def main(argv=None) -> int:
         if not args.export:
             raise SystemExit("--export-only needs --export DIR")
         best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-        record = json.loads(saved.read_text()) if saved.is_file() else {}
-        train_cmd = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else None
+        record = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+        train_cmd = (run_dir / "command.txt").read_text(encoding="utf-8").strip() if (run_dir / "command.txt").is_file() else None
         card = export_generator(best["generator"], config, Path(args.export),
                                 {"command": train_cmd, "export_command": command, "best_epoch": best.get("epoch"),
                                  "pruned": best.get("pruned"), "validation": best.get("val"),
@@ -416,7 +403,7 @@ def main(argv=None) -> int:
     val_items = build_val_set(val_vols, list(config["val_factors"]), int(config["n_side"]))
     write_run_record(run_dir, config, [v["name"] for v in train_vols] + ["val:" + v["name"] for v in val_vols], info)
     if info.is_main:
-        with open(run_dir / "command.txt", "a") as handle:
+        with open(run_dir / "command.txt", "a", encoding="utf-8") as handle:
             handle.write(command + "\n")
 
     gen, disc = build_models(config)
@@ -441,9 +428,10 @@ def main(argv=None) -> int:
         restore_scaler(d_scaler, ckpt.get("d_scaler"))
         state.update(ckpt["state"])
         ranks = ckpt.get("rng_ranks") or [{"rng": ckpt["rng"], "np_generator": ckpt["np_generator"]}]  # older runs
-        mine = ranks[info.rank] if info.rank < len(ranks) else ranks[0]
-        set_rng_state(mine["rng"])
-        rng.bit_generator.state = json.loads(mine["np_generator"])
+        # each rank's slice-sampler state rides along as the "extra" ("np_generator" in older checkpoints)
+        extra = restore_rng_states([{"rng": r["rng"], "extra": r.get("extra", r.get("np_generator"))} for r in ranks], info)
+        if extra is not None:
+            rng.bit_generator.state = json.loads(extra)
         log(f"resumed from {run_dir / 'last.pt'} at epoch {state['epoch']}")
     g_ddp, d_ddp = wrap_ddp(gen, info), wrap_ddp(disc, info)
     log(f"generator {count_parameters(gen)} parameters, discriminator {count_parameters(disc)}; "
@@ -535,7 +523,7 @@ def main(argv=None) -> int:
             "generator": unwrap(g_ddp).state_dict(), "discriminator": unwrap(d_ddp).state_dict(),
             "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "state": state,
             "g_scaler": g_scaler.state_dict(), "d_scaler": d_scaler.state_dict(),
-            "rng_ranks": gather_rng_states(rng, info)}, info)
+            "rng_ranks": gather_rng_states(info, extra=json.dumps(rng.bit_generator.state))}, info)
         if state["pruned"] and state["prune_epoch"] is not None and \
                 epoch - state["prune_epoch"] >= int(config["prune_finetune_epochs"]):
             stop_reason = "pruned and fine-tuned"

@@ -43,12 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.common import (DistInfo, Logger, amp_call, autocast, barrier, cleanup_distributed,  # noqa: E402
-                             grad_scaler, init_distributed, load_checkpoint, load_config, mean_across_ranks,
-                             restore_scaler, rng_state, save_checkpoint, scaled_step, seed_everything,
-                             set_rng_state, unwrap, wrap_ddp, write_run_record)
+from training.common import (DistInfo, Logger, amp_call, autocast, barrier, broadcast_object,  # noqa: E402
+                             cleanup_distributed, grad_scaler, init_distributed, load_checkpoint, load_config,
+                             mean_across_ranks, restore_scaler, rng_state, save_checkpoint, scaled_step,
+                             seed_everything, set_rng_state, unwrap, wrap_ddp, write_run_record)
 from training.loading import SeededDataset, default_cache_dir, epoch_batches, seeded_loader  # noqa: E402
-from training.common import broadcast_object  # noqa: E402  (DDP: one decision for all ranks)
 
 DEFAULTS: dict = {
     # data
@@ -284,8 +283,8 @@ def validate(model: torch.nn.Module, vols, config: dict, device: torch.device) -
 
     model.eval()
     kid, tum = [], []
+    forward = amp_call(model, device, config.get("amp", True))  # autocast on CUDA, float32 outputs
     for image, labels, _ in vols:
-        forward = amp_call(model, device, config.get("amp", True))  # autocast on CUDA, float32 outputs
         pred = sliding_window_probabilities(forward, image, config["roi"], device, amp=False).argmax(0)
         kid.append(dice(pred > 0, labels > 0))
         if (labels == 2).any():
@@ -409,12 +408,12 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = args.out
     if args.resume and (run_dir / "run.json").is_file() and not args.config:
         defaults = dict(DEFAULTS)
-        defaults.update(json.loads((run_dir / "run.json").read_text())["config"])
+        defaults.update(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"])
         config = load_config(defaults, None, args.set)
     else:
         config = load_config(DEFAULTS, args.config, args.set)
     if args.export:
-        extra = json.loads(args.card_extra.read_text()) if args.card_extra else None
+        extra = json.loads(args.card_extra.read_text(encoding="utf-8")) if args.card_extra else None
         path = export(run_dir, args.export, config, args.export_which, extra)
         print(f"exported {path}")
         return {"card": str(path)}
