@@ -156,10 +156,11 @@ def cmd_run(args) -> int:
     from .results import OutputOptions, write_results
 
     check_output_dir(Path(args.out))
+    options = _pipeline_options(args, args.steps)  # bad options fail before any reading
     ct = _with_missing(read_ct(args.input), args.missing)
     bar = ProgressBar(not args.quiet)
     try:
-        result = run_pipeline(ct, _pipeline_options(args, args.steps), progress=bar)
+        result = run_pipeline(ct, options, progress=bar)
     finally:
         bar.close()
     report = write_results(result, args.out, source=str(args.input),
@@ -174,10 +175,11 @@ def cmd_interpolate(args) -> int:
     from .pipeline import run_pipeline
 
     check_not_input(Path(args.output), Path(args.input))
+    options = _pipeline_options(args, ("interpolate",))
     ct = _with_missing(read_ct(args.input), args.missing)
     bar = ProgressBar(not args.quiet)
     try:
-        result = run_pipeline(ct, _pipeline_options(args, ("interpolate",)), progress=bar)
+        result = run_pipeline(ct, options, progress=bar)
     finally:
         bar.close()
     with staged_output_file(args.output) as tmp:
@@ -193,12 +195,12 @@ def cmd_segment(args) -> int:
     from .pipeline import PipelineOptions, run_pipeline
 
     check_not_input(Path(args.output), Path(args.input))
+    options = PipelineOptions(steps=("segment",), segmentation_model=args.model, device=args.device,
+                              postprocess=args.postprocess, morph_mm=args.morph_mm, overlap=args.overlap)
     ct = read_ct(args.input)
     bar = ProgressBar(not args.quiet)
     try:
-        result = run_pipeline(ct, PipelineOptions(steps=("segment",), segmentation_model=args.model,
-                                                  device=args.device, postprocess=args.postprocess,
-                                                  morph_mm=args.morph_mm, overlap=args.overlap), progress=bar)
+        result = run_pipeline(ct, options, progress=bar)
     finally:
         bar.close()
     labels = result.labels

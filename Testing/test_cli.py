@@ -103,6 +103,9 @@ def test_segment_options_reach_the_stage(monkeypatch, tmp_path, small_phantom):
     monkeypatch.setattr(segmentation, "segment", spy)
     src = write_volume(small_phantom[0], tmp_path / "ct.nii.gz")
     assert main(["segment", str(src), str(tmp_path / "s.nii.gz"), "--no-postprocess", "--morph-mm", "2",
-                 "--device", "cpu", "--quiet"]) == 0
+                 "--overlap", "0.5", "--device", "cpu", "--quiet"]) == 0
     assert seen["postprocess"] is False and seen["morph_mm"] == 2.0 and seen["device"] == "cpu"
+    assert seen["overlap"] == 0.5
     assert main(["segment", str(src), str(tmp_path / "t.nii.gz"), "--morph-mm", "-1", "--quiet"]) == 2
+    assert main(["segment", str(src), str(tmp_path / "t.nii.gz"), "--overlap", "2", "--quiet"]) == 2
+    assert not (tmp_path / "t.nii.gz").exists()

@@ -413,7 +413,12 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         config = load_config(DEFAULTS, args.config, args.set)
     if args.export:
-        extra = json.loads(args.card_extra.read_text(encoding="utf-8")) if args.card_extra else None
+        extra = None
+        if args.card_extra:
+            try:
+                extra = json.loads(args.card_extra.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"{args.card_extra}: cannot read the card-extra JSON ({exc})") from None
         path = export(run_dir, args.export, config, args.export_which, extra)
         print(f"exported {path}")
         return {"card": str(path)}
