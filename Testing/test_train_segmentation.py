@@ -72,3 +72,21 @@ def test_tiny_run_lowers_loss_resumes_prunes_and_exports(cache, tmp_path):
     case = image_case(np.random.default_rng(5))
     labels, info = segment(CTVolume(case["image"], Geometry((6.0, 6.0, 6.0))), model=str(card.path), device="cpu")
     assert labels.shape == case["labels"].shape and info["model"] == "tiny_kidney"
+
+
+def test_resume_with_explicit_lr_sets_it_even_after_the_plateau_lowered_it(cache, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    ts.main(args_for(cache, run, "--max-iters", "6"))
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    for group in ckpt["optimizer"]["param_groups"]:  # as if the plateau rule had lowered the LR
+        group["lr"] = 0.001
+    torch.save(ckpt, run / "last.pt")
+    kept = ts.main(["--out", str(run), "--resume", "--max-iters", "12"])["state"]["history"][-1]["lr"]
+    assert kept == pytest.approx(0.001)  # no --set lr: the lowered LR carries on
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    # --set lr=0.01 is the run's own starting LR, and still means "train at 0.01 from now on"
+    asked = ts.main(args_for(cache, run, "--resume", "--max-iters", "18"))["state"]["history"][-1]["lr"]
+    assert asked == pytest.approx(0.01)

@@ -462,7 +462,10 @@ def main(argv: list[str] | None = None) -> dict:
             apply_magnitude_pruning(model, ckpt["sparsity"])  # zeros are the smallest magnitudes: same masks
         opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
         opt.load_state_dict(ckpt["optimizer"])
-        if float(ckpt.get("config", {}).get("lr", config["lr"])) != float(config["lr"]):  # a new lr was asked for
+        lr_asked = any(item.split("=", 1)[0].strip() == "lr" for item in args.set)
+        if lr_asked or float(ckpt.get("config", {}).get("lr", config["lr"])) != float(config["lr"]):
+            # --set lr=X on a resume means "train at X from now on", also when X is the run's starting LR
+            # and the plateau rule has lowered it since
             for group in opt.param_groups:
                 group["lr"] = float(config["lr"])
         sched = plateau(opt)  # bound to the optimizer that is stepped from now on
