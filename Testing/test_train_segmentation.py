@@ -65,6 +65,8 @@ def test_tiny_run_lowers_loss_resumes_prunes_and_exports(cache, tmp_path):
     from SculptorGANLib.volume import CTVolume, Geometry
 
     card = find_model("segmentation", str(models / "tiny_kidney.json"))
+    # the card's validation metrics are those of the exported (last) weights, not of the best-scoring ones
+    assert card.metrics["validation"]["score"] == pytest.approx(state["history"][-1]["score"])
     assert card.weights_path.suffix == ".safetensors" and card.preprocessing["spacing"] == [6.0, 6.0, 6.0]
     net = build_model(card.architecture, card.arch_args, fast_layout=False)
     net.load_state_dict({k: v.float() for k, v in load_weights(card).items()})
@@ -90,3 +92,14 @@ def test_resume_with_explicit_lr_sets_it_even_after_the_plateau_lowered_it(cache
     # --set lr=0.01 is the run's own starting LR, and still means "train at 0.01 from now on"
     asked = ts.main(args_for(cache, run, "--resume", "--max-iters", "18"))["state"]["history"][-1]["lr"]
     assert asked == pytest.approx(0.01)
+
+
+def test_checkpoint_validation_matches_the_weights_in_the_checkpoint():
+    history = [{"iteration": 30, "score": 0.9, "kidney_dice": 0.95, "tumor_dice": 0.8, "loss": 0.1},
+               {"iteration": 50, "score": 0.7, "kidney_dice": 0.85, "tumor_dice": 0.5, "loss": 0.2}]
+    last = {"best_metrics": {"score": 0.9}, "best_epoch": 3, "epoch": 5, "iteration": 50, "history": history}
+    assert ts.checkpoint_validation(last) == {"kidney_dice": 0.85, "tumor_dice": 0.5, "score": 0.7}
+    best = dict(last, epoch=3, iteration=30, history=history[:1])
+    assert ts.checkpoint_validation(best) == {"score": 0.9}
+    unvalidated = dict(last, iteration=60)  # written between validations
+    assert ts.checkpoint_validation(unvalidated) == {}

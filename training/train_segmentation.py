@@ -330,6 +330,14 @@ def plain_state(model: torch.nn.Module) -> dict:
     return out
 
 
+def checkpoint_validation(ckpt: dict) -> dict:
+    """The validation metrics of the weights in ``ckpt`` (the best-so-far ones only when it holds them)."""
+    if ckpt.get("best_metrics") and ckpt.get("best_epoch") == ckpt.get("epoch"):
+        return dict(ckpt["best_metrics"])
+    entry = next((h for h in reversed(ckpt.get("history", [])) if h.get("iteration") == ckpt.get("iteration")), {})
+    return {k: entry[k] for k in ("kidney_dice", "tumor_dice", "score") if k in entry}
+
+
 def export(run_dir: Path, out_dir: Path, config: dict, which: str = "best", extra_card: dict | None = None) -> Path:
     """Write the run's best (or last) weights as safetensors + model card into ``out_dir``."""
     from SculptorGANLib.models import ModelCard, save_model
@@ -340,6 +348,7 @@ def export(run_dir: Path, out_dir: Path, config: dict, which: str = "best", extr
     ckpt = load_checkpoint(run_dir / f"{which}.pt", torch.device("cpu")) or load_checkpoint(run_dir / "last.pt", torch.device("cpu"))
     if ckpt is None:
         raise SystemExit(f"{run_dir}: no checkpoint to export")
+    validation = checkpoint_validation(ckpt)
     cfg = dict(ckpt.get("config", config))
     model = build_model(cfg["architecture"], arch_args(cfg), fast_layout=False)
     model.load_state_dict(ckpt["model"])
@@ -353,7 +362,7 @@ def export(run_dir: Path, out_dir: Path, config: dict, which: str = "best", extr
         classes={"0": "background", "1": "kidney", "2": "tumor"},
         training={"data_mode": cfg["data_mode"], "data": cfg["data"], "iterations": ckpt["iteration"],
                   "epochs": ckpt["epoch"], "config": cfg, "command": " ".join(sys.argv)},
-        metrics={"validation": ckpt.get("best_metrics", {}), "sparsity": report,
+        metrics={"validation": validation, "sparsity": report,
                  "flops_per_roi": cost["flops"]},
         version=str(config.get("version", cfg.get("version", "1"))),
     )
