@@ -24,7 +24,10 @@ def env(oblique_geometry_module):
     from SculptorGANLib.volume import CTVolume
     from SculptorGANModuleLib import mrml
 
-    ct, _ = make_phantom(shape=(24, 48, 48), spacing=(6.0, 6.0, 6.0), seed=3)
+    # the phantom is drawn at the geometry's own (anisotropic) spacing and covers 24 cm in z, so its
+    # anatomy looks like a patient's to the segmentation model (a 14 cm slab stretched to other voxel
+    # sizes did not, and the model found no kidney there)
+    ct, _ = make_phantom(shape=(40, 64, 64), spacing=oblique_geometry_module.spacing, seed=3)
     ct = CTVolume(ct.array, oblique_geometry_module, name="Phantom CT")
     node = mrml.volumeNodeFromCT(ct, "Phantom CT", scene)
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
@@ -42,7 +45,7 @@ def oblique_geometry_module():
     a, b = np.deg2rad(20), np.deg2rad(10)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    return Geometry((6.0, 5.5, 7.0), (-120.5, 33.0, 410.25), rz @ rx)
+    return Geometry((5.0, 4.5, 6.0), (-120.5, 33.0, 410.25), rz @ rx)
 
 
 def mrml_geometry(node):
