@@ -81,3 +81,22 @@ def test_train_resume_prune_export(tmp_path):
     assert (export / "sculptorgan_interp.safetensors").is_file()
     run_record = json.loads((run / "run.json").read_text())
     assert run_record["config"]["patch"] == 32
+
+
+def test_resume_with_explicit_lr_sets_both_learning_rates(tmp_path):
+    run = tmp_path / "run"
+    assert ti.main(_args(run)) == 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["state"]["lr"] = 1e-5  # as if the plateau rule had lowered it
+    for group in ckpt["g_opt"]["param_groups"]:
+        group["lr"] = 1e-5 * group.get("lr_mult", 1.0)
+    torch.save(ckpt, run / "last.pt")
+    assert ti.main(_args(run, "max_epochs=4") + ["--resume"]) == 0
+    kept = torch.load(run / "last.pt", weights_only=True)
+    assert kept["state"]["lr"] == 1e-5 and kept["g_opt"]["param_groups"][0]["lr"] == 1e-5
+    # lr=3e-4 is the run's own starting LR, and still means "train at 3e-4 from now on"
+    assert ti.main(_args(run, "max_epochs=5", "lr=0.0003", "d_lr=0.0002") + ["--resume"]) == 0
+    asked = torch.load(run / "last.pt", weights_only=True)
+    assert asked["state"]["lr"] == 3e-4
+    assert [g["lr"] for g in asked["g_opt"]["param_groups"]] == [3e-4 * g.get("lr_mult", 1.0) for g in asked["g_opt"]["param_groups"]]
+    assert all(g["lr"] == 2e-4 for g in asked["d_opt"]["param_groups"])

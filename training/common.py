@@ -38,6 +38,11 @@ import torch.distributed as dist
 
 
 # ----------------------------------------------------------------------------- configs
+def override_keys(overrides: list[str] | None) -> set[str]:
+    """The config keys named by ``key=value`` overrides (on a resume: what the user asked to change)."""
+    return {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+
+
 def load_config(defaults: dict, config_file: str | None = None, overrides: list[str] | None = None) -> dict:
     """``defaults`` updated from a JSON/YAML file, then from ``key=value`` overrides (values parsed as JSON)."""
     config = dict(defaults)

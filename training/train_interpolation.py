@@ -43,8 +43,9 @@ from SculptorGANLib.nn.gan import (GENERATOR_ARCH, PatchDiscriminator, SculptorG
 from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, sparsity_report  # noqa: E402
 from training.common import (DistInfo, Logger, amp_call, autocast, broadcast_object,  # noqa: E402
                              cleanup_distributed, gather_rng_states, grad_scaler, init_distributed,
-                             load_checkpoint, load_config, mean_across_ranks, restore_rng_states, restore_scaler,
-                             save_checkpoint, scaled_step, seed_everything, unwrap, wrap_ddp, write_run_record)
+                             load_checkpoint, load_config, mean_across_ranks, override_keys, restore_rng_states,
+                             restore_scaler, save_checkpoint, scaled_step, seed_everything, unwrap, wrap_ddp,
+                             write_run_record)
 from training.loading import SeededDataset, epoch_batches, seeded_loader  # noqa: E402
 
 DEFAULTS: dict = {
@@ -427,6 +428,14 @@ def main(argv=None) -> int:
         restore_scaler(g_scaler, ckpt.get("g_scaler"))  # absent in checkpoints written before AMP
         restore_scaler(d_scaler, ckpt.get("d_scaler"))
         state.update(ckpt["state"])
+        asked = override_keys(args.set)  # --set lr=X / d_lr=X on a resume: train at X from now on
+        if "lr" in asked:
+            state["lr"] = float(config["lr"])
+            for group in g_opt.param_groups:
+                group["lr"] = state["lr"] * group.get("lr_mult", 1.0)
+        if "d_lr" in asked:
+            for group in d_opt.param_groups:
+                group["lr"] = float(config["d_lr"])
         ranks = ckpt.get("rng_ranks") or [{"rng": ckpt["rng"], "np_generator": ckpt["np_generator"]}]  # older runs
         # each rank's slice-sampler state rides along as the "extra" ("np_generator" in older checkpoints)
         extra = restore_rng_states([{"rng": r["rng"], "extra": r.get("extra", r.get("np_generator"))} for r in ranks], info)

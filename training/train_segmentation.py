@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from training.common import (DistInfo, Logger, amp_call, autocast, barrier, broadcast_object,  # noqa: E402
                              cleanup_distributed, grad_scaler, init_distributed, load_checkpoint, load_config,
-                             mean_across_ranks, restore_scaler, rng_state, save_checkpoint, scaled_step,
+                             mean_across_ranks, override_keys, restore_scaler, rng_state, save_checkpoint, scaled_step,
                              seed_everything, set_rng_state, unwrap, wrap_ddp, write_run_record)
 from training.loading import SeededDataset, default_cache_dir, epoch_batches, seeded_loader  # noqa: E402
 
@@ -471,8 +471,7 @@ def main(argv: list[str] | None = None) -> dict:
             apply_magnitude_pruning(model, ckpt["sparsity"])  # zeros are the smallest magnitudes: same masks
         opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
         opt.load_state_dict(ckpt["optimizer"])
-        lr_asked = any(item.split("=", 1)[0].strip() == "lr" for item in args.set)
-        if lr_asked or float(ckpt.get("config", {}).get("lr", config["lr"])) != float(config["lr"]):
+        if "lr" in override_keys(args.set) or float(ckpt.get("config", {}).get("lr", config["lr"])) != float(config["lr"]):
             # --set lr=X on a resume means "train at X from now on", also when X is the run's starting LR
             # and the plateau rule has lowered it since
             for group in opt.param_groups:
