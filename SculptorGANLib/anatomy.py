@@ -1,10 +1,16 @@
-"""Anatomical helpers on labelmaps: patient left/right from geometry, components, crops."""
+"""Anatomical helpers on labelmaps: patient left/right from geometry, components, (padded) crops."""
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
 from .volume import KIDNEY, TUMOR, Geometry, LabelVolume
+
+#: Structure name → (boolean mask crop, zyx offset of the crop in the full grid).
+StructureCrops = dict[str, tuple[np.ndarray, np.ndarray]]
+#: Zero voxels around each padded structure crop: contours close, and a structure's boundary voxels
+#: see their neighbours (contact areas) inside the crop.
+CROP_MARGIN = 2
 
 
 def physical_x(geometry: Geometry, shape: tuple[int, int, int], zyx: np.ndarray) -> np.ndarray:
@@ -52,7 +58,7 @@ def body_midline_x(ct_array: np.ndarray | None, geometry: Geometry, shape: tuple
     return float(physical_x(geometry, shape, centre[None])[0])
 
 
-def structure_crops(labels: LabelVolume, ct_array: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def structure_crops(labels: LabelVolume, ct_array: np.ndarray | None = None) -> StructureCrops:
     """Each structure as (boolean mask cropped to the labels' bounding box, zyx offset of the crop).
 
     Structures: 'kidney_left', 'kidney_right', 'tumor' and any further label by its name (empty ones
@@ -83,7 +89,32 @@ def structure_crops(labels: LabelVolume, ct_array: np.ndarray | None = None) -> 
     return {name: (mask, lo) for name, mask in out.items()}
 
 
-def crops_to_full(crops: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+def padded_crop(array: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                margin: int = CROP_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """``array[lo:hi]`` surrounded by ``margin`` zero voxels; returns it and its offset (zyx, may be < 0)."""
+    sub = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    out = np.zeros(tuple(np.asarray(sub.shape) + 2 * margin), dtype=sub.dtype)
+    out[margin:-margin, margin:-margin, margin:-margin] = sub
+    return out, np.asarray(lo) - margin
+
+
+def pad_crops(crops: StructureCrops) -> StructureCrops:
+    """Each crop of :func:`structure_crops` output cut to its own structure's box plus :data:`CROP_MARGIN`."""
+    padded = {}
+    for name, (mask, offset) in crops.items():
+        crop, sub_offset = padded_crop(mask, *bounding_box(mask))
+        padded[name] = (crop, sub_offset + offset)
+    return padded
+
+
+def padded_structure_crops(labels: LabelVolume, ct_array: np.ndarray | None = None,
+                           crops: StructureCrops | None = None) -> StructureCrops:
+    """Each structure as (its own tight crop padded with zeros, zyx offset) — what surfaces and
+    measurements consume. ``crops``: a :func:`structure_crops` result to reuse (else split here)."""
+    return pad_crops(structure_crops(labels, ct_array) if crops is None else crops)
+
+
+def crops_to_full(crops: StructureCrops, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     """Full-grid boolean masks from :func:`structure_crops` output."""
     full = {}
     for name, (mask, lo) in crops.items():

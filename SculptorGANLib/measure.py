@@ -17,9 +17,9 @@ import vtk
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist
 
+from .anatomy import StructureCrops, padded_structure_crops
 from .errors import OutputError
 from .meshutil import mesh_arrays, signed_volume_mm3, surface_area_mm2
-from .surfaces import structure_masks
 from .volume import Geometry, LabelVolume
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -156,12 +156,14 @@ def _components(mask: np.ndarray) -> int:
 
 
 def measure_structures(labels: LabelVolume, meshes: dict[str, vtk.vtkPolyData] | None = None,
-                       ct_array: np.ndarray | None = None, crops: dict | None = None) -> dict:
+                       ct_array: np.ndarray | None = None, crops: StructureCrops | None = None,
+                       padded_crops: StructureCrops | None = None) -> dict:
     """Measurements per structure (names as in the meshes) and a 'tumor' block; JSON-serialisable.
 
-    ``crops``: an :func:`.anatomy.structure_crops` result to reuse (else computed here)."""
+    ``crops``: an :func:`.anatomy.structure_crops` result to reuse (else computed here);
+    ``padded_crops``: an :func:`.anatomy.padded_structure_crops` one (then ``crops`` is not needed)."""
     meshes = meshes or {}
-    structures = structure_masks(labels, ct_array, crops)
+    structures = padded_crops if padded_crops is not None else padded_structure_crops(labels, ct_array, crops)
     voxel_ml = labels.voxel_volume_ml
     blocks = {name: _structure_block(mask, off, labels.geometry, meshes.get(name), voxel_ml)
               for name, (mask, off) in structures.items()}

@@ -67,18 +67,31 @@ class PipelineResult:
     measurements: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    _crops: tuple | None = field(default=None, repr=False, compare=False)
+    _cache: dict[str, tuple] = field(default_factory=dict, repr=False, compare=False)
+
+    def _per_labels(self, key: str, compute: Callable[[LabelVolume], dict]) -> dict:
+        """``compute(labels)`` once per ``labels`` object (again when ``labels`` is replaced); {} without labels."""
+        if self.labels is None:
+            return {}
+        labels, value = self._cache.get(key, (None, None))
+        if labels is not self.labels:
+            value = compute(self.labels)
+            self._cache[key] = (self.labels, value)
+        return value
 
     def structure_crops(self) -> dict:
         """:func:`.anatomy.structure_crops` of ``labels`` — the left/right split done once per result."""
-        if self.labels is None:
-            return {}
-        if self._crops is None or self._crops[0] is not self.labels:
-            from .anatomy import structure_crops
+        from .anatomy import structure_crops
 
-            ct_array = self.ct.array if self.ct.same_grid(self.labels) else None
-            self._crops = (self.labels, structure_crops(self.labels, ct_array))
-        return self._crops[1]
+        return self._per_labels("crops", lambda labels: structure_crops(
+            labels, self.ct.array if self.ct.same_grid(labels) else None))
+
+    def padded_structure_crops(self) -> dict:
+        """:func:`.anatomy.padded_structure_crops` of :meth:`structure_crops` — what surfaces and
+        measurements share, padded once per result."""
+        from .anatomy import padded_structure_crops
+
+        return self._per_labels("padded", lambda labels: padded_structure_crops(labels, crops=self.structure_crops()))
 
 
 class _StageProgress:
@@ -124,9 +137,9 @@ def _run_surfaces(result: PipelineResult, options: PipelineOptions) -> tuple[dic
 
     labels, ct = result.labels, result.ct
     ct_array = ct.array if ct.same_grid(labels) else None
-    crops = result.structure_crops()
-    meshes = labelmap_to_meshes(labels, ct_array, smoothing=options.smoothing, crops=crops)
-    measurements = measure_structures(labels, meshes, ct_array, crops=crops)
+    padded = result.padded_structure_crops()
+    meshes = labelmap_to_meshes(labels, ct_array, smoothing=options.smoothing, padded_crops=padded)
+    measurements = measure_structures(labels, meshes, ct_array, padded_crops=padded)
     method = "discrete flying edges + windowed-sinc smoothing (VTK)"
     if thick_axis(labels.geometry.spacing[::-1]) is not None:
         method = "shape-based interpolation + " + method

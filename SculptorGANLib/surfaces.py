@@ -20,7 +20,7 @@ import numpy as np
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from .anatomy import bounding_box, shifted_geometry, structure_crops
+from .anatomy import StructureCrops, bounding_box, padded_crop, padded_structure_crops, shifted_geometry
 from .mesh_export import MESH_FORMATS, write_mesh, write_meshes  # noqa: F401  (public re-export)
 from .meshutil import add_point_normals, compact, mesh_arrays, polydata_from_arrays, signed_volume_mm3
 from .shape_interpolation import shape_interpolate, shape_interpolate_labels, thick_axis, upsample_factor
@@ -29,29 +29,8 @@ from .volume import Geometry, LabelVolume
 METHODS = ("flying_edges", "surface_nets")
 #: Windowed-sinc iterations, as in Slicer ("ten or twenty iterations is all that is usually necessary").
 SMOOTHING_ITERATIONS = 20
-_MARGIN = 2
-
-
-# --------------------------------------------------------------------------- structures and crops
-def _padded_crop(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: int = _MARGIN) -> tuple[np.ndarray, np.ndarray]:
-    """``array[lo:hi]`` surrounded by ``margin`` zero voxels; returns it and its offset (zyx, may be < 0)."""
-    sub = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    out = np.zeros(tuple(np.asarray(sub.shape) + 2 * margin), dtype=sub.dtype)
-    out[margin:-margin, margin:-margin, margin:-margin] = sub
-    return out, np.asarray(lo) - margin
-
-
-def structure_masks(labels: LabelVolume, ct_array: np.ndarray | None = None,
-                    crops: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each structure (see :func:`.anatomy.structure_crops`; ``crops`` if already computed) as
-    (zero-padded cropped mask, zyx offset)."""
-    result = {}
-    crops = structure_crops(labels, ct_array) if crops is None else crops
-    for name, (mask, offset) in crops.items():
-        sub_lo, sub_hi = bounding_box(mask)
-        crop, sub_offset = _padded_crop(mask, sub_lo, sub_hi)
-        result[name] = (crop, sub_offset + offset)
-    return result
+#: Former name of :func:`.anatomy.padded_structure_crops`, kept for callers that import it from here.
+structure_masks = padded_structure_crops
 
 
 # --------------------------------------------------------------------------- VTK stages
@@ -161,7 +140,7 @@ def mask_to_mesh(mask: np.ndarray, geometry: Geometry, smoothing: float = 0.5, m
         box = bounding_box(mask)
         if box is None:
             return polydata_from_arrays(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
-        mask, offset_zyx = _padded_crop(mask, *box)
+        mask, offset_zyx = padded_crop(mask, *box)
     crop_geometry = shifted_geometry(geometry, offset_zyx)
     spacing_zyx = tuple(geometry.spacing[::-1])
     axis = _interpolation_axis(spacing_zyx, interpolate)
@@ -193,15 +172,17 @@ def _interpolation_axis(spacing_zyx, interpolate) -> int | None:
 def labelmap_to_meshes(labels: LabelVolume, ct_array: np.ndarray | None = None, smoothing: float = 0.5,
                        method: str = "flying_edges", joint: bool = False, decimation: float = 0.0,
                        interpolate: str | bool | float = "auto", normals: bool = True,
-                       crops: dict | None = None) -> dict[str, vtk.vtkPolyData]:
+                       crops: StructureCrops | None = None,
+                       padded_crops: StructureCrops | None = None) -> dict[str, vtk.vtkPolyData]:
     """One closed LPS surface per structure ('kidney_left', 'kidney_right', 'tumor', others by name).
 
     See :func:`mask_to_mesh` for the options. ``joint=True`` meshes all structures together with
     multi-label surface nets (``method`` is then ignored) so shared interfaces coincide exactly.
     ``ct_array`` (same grid) only serves to find the body midline for the left/right split;
-    ``crops`` reuses an :func:`.anatomy.structure_crops` result instead of splitting again.
+    ``crops`` reuses an :func:`.anatomy.structure_crops` result instead of splitting again, and
+    ``padded_crops`` an :func:`.anatomy.padded_structure_crops` one (then ``crops`` is not needed).
     """
-    structures = structure_masks(labels, ct_array, crops)
+    structures = padded_crops if padded_crops is not None else padded_structure_crops(labels, ct_array, crops)
     if not structures:
         return {}
     if joint:

@@ -55,15 +55,18 @@ def test_bad_options(kwargs):
 
 
 def test_left_right_split_done_once_per_run(small_phantom, tmp_path, monkeypatch):
-    """Surfaces, measurements, the .seg.nrrd and the report share one kidney split."""
+    """Surfaces, measurements, the .seg.nrrd and the report share one kidney split, and surfaces and
+    measurements one padding of its crops."""
     from SculptorGANLib import anatomy
     from SculptorGANLib.results import write_results
 
     ct, _ = small_phantom
-    calls = []
-    original = anatomy.component_centroids
+    calls, pads = [], []
+    original, original_pad = anatomy.component_centroids, anatomy.pad_crops
     monkeypatch.setattr(anatomy, "component_centroids", lambda mask: calls.append(1) or original(mask))
+    monkeypatch.setattr(anatomy, "pad_crops", lambda crops: pads.append(1) or original_pad(crops))
     result = run_pipeline(ct, PipelineOptions(steps=("segment", "surfaces"), device="cpu"))
     write_results(result, tmp_path / "out")
     assert {"kidney_left", "kidney_right"} <= set(result.meshes)
     assert len(calls) == 1
+    assert len(pads) == 1
