@@ -1,9 +1,10 @@
 """Training-step throughput of both networks: samples/s and peak GPU memory, 1 GPU or torchrun DDP.
 
-Each step is the trainer's own step on synthetic batches of the configured size (data loading
-excluded, so this is the rate the data pipeline has to keep up with): Phase I = discriminator step +
-generator step (LSGAN + L1) of ``training/train_interpolation.py``; Phase II = WP-UNet forward/backward
-with Dice+CE of ``training/train_segmentation.py`` (channels-last-3d). Models are built from the
+Each step is the trainer's own step function on synthetic batches of the configured size (data loading
+excluded, so this is the rate the data pipeline has to keep up with): Phase I = ``gan_step`` of
+``training/train_interpolation.py`` (discriminator step + generator step, LSGAN + reconstruction loss,
+always with the adversarial term); Phase II = ``seg_step`` of ``training/train_segmentation.py`` (WP-UNet
+forward/backward with Dice+CE, channels-last-3d). Models are built from the
 trainers' DEFAULTS updated by ``--config``/``--set``, so the numbers match a real run's shapes.
 
     python benchmarks/training_throughput.py                          # both networks, auto device
@@ -28,14 +29,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.common import (DistInfo, amp_enabled, autocast, cleanup_distributed, grad_scaler,  # noqa: E402
-                             init_distributed, load_config, mean_across_ranks, scaled_step, wrap_ddp)
+from training.common import (DistInfo, amp_enabled, cleanup_distributed, grad_scaler, init_distributed,  # noqa: E402
+                             load_config, mean_across_ranks, wrap_ddp)
 
 
 def _sync(info: DistInfo) -> None:
@@ -44,64 +44,46 @@ def _sync(info: DistInfo) -> None:
 
 
 def interp_step_fn(config: dict, info: DistInfo, amp: bool):
-    """(step(), samples per step) for Phase I: the trainer's step, D (real and fake in one forward) then G."""
+    """(step(), samples per step, parameters, batch shape) for Phase I: ``train_interpolation.gan_step``
+    on a fixed random batch, always with its discriminator step."""
     from training import train_interpolation as ti
 
     gen, disc = (m.to(info.device) for m in ti.build_models(config))
     g_ddp, d_ddp = wrap_ddp(gen, info), wrap_ddp(disc, info)
-    g_opt = torch.optim.Adam(gen.parameters(), lr=config["lr"], betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(disc.parameters(), lr=config["d_lr"], betas=(0.5, 0.999))
+    g_opt, d_opt = ti.make_g_opt(gen, config, float(config["lr"])), ti.make_d_opt(disc, config)
     b, p, n = int(config["batch_size"]), int(config["patch"]), 2 * int(config["n_side"])
     ctx = torch.randn(b, n, p, p, device=info.device)
     base = torch.randn(b, 1, p, p, device=info.device)
     pos = torch.randn(b, n, device=info.device) * 5
     target = torch.randn(b, 1, p, p, device=info.device)
     linear = torch.randn(b, 1, p, p, device=info.device)  # the linear estimate (used when the generator has it)
+    batch = (ctx, pos, base, target, linear)
     g_scaler, d_scaler = grad_scaler(info, amp), grad_scaler(info, amp)
-    w = float(config["adv_weight"]) or 0.002
+    recon, adv_weight = ti.make_recon_loss(config), float(config["adv_weight"]) or 0.002
 
     def step() -> None:
-        with autocast(info, amp):
-            fake = g_ddp(ctx, base, pos, linear)
-            d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
-            d_loss = 0.5 * (((d_real.float() - 1) ** 2).mean() + (d_fake.float() ** 2).mean())
-        d_opt.zero_grad(set_to_none=True)
-        scaled_step(d_loss, d_opt, d_scaler)
-        for q in disc.parameters():
-            q.requires_grad_(False)
-        with autocast(info, amp):
-            loss = F.l1_loss(fake.float(), target) + w * ((disc(ctx, fake) - 1) ** 2).mean()  # plain D: no DDP sync
-        for q in disc.parameters():
-            q.requires_grad_(True)
-        g_opt.zero_grad(set_to_none=True)
-        scaled_step(loss, g_opt, g_scaler)
+        ti.gan_step(g_ddp, d_ddp, g_opt, d_opt, g_scaler, d_scaler, batch, recon, adv_weight, info, amp)
 
     params = sum(q.numel() for q in gen.parameters()) + sum(q.numel() for q in disc.parameters())
     return step, b, params, f"{b}x{n + 1}x{p}x{p}"
 
 
 def seg_step_fn(config: dict, info: DistInfo, amp: bool):
-    """(step(), samples per step) for Phase II: WP-UNet with Dice+CE, channels-last-3d."""
-    from monai.losses import DiceCELoss
-
+    """(step(), samples per step, parameters, batch shape) for Phase II: ``train_segmentation.seg_step``
+    (WP-UNet, Dice+CE, channels-last) on a fixed random batch."""
     from training import train_segmentation as ts
 
     model = ts.build(config).to(info.device)
     net = wrap_ddp(model, info)
     opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
-    alpha = float(config["alpha"])
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=alpha, lambda_ce=1 - alpha)
+    loss_fn = ts.make_loss(config)
     b, patch = int(config["batch_size"]), [int(v) for v in config["patch"]]
-    fmt = torch.channels_last_3d if int(config["dims"]) == 3 else torch.channels_last
-    x = torch.randn(b, 1, *patch, device=info.device).contiguous(memory_format=fmt)
+    x = torch.randn(b, 1, *patch, device=info.device).contiguous(memory_format=ts.input_layout(config))
     y = torch.randint(0, 3, (b, 1, *patch), device=info.device)
     scaler = grad_scaler(info, amp)
 
     def step() -> None:
-        with autocast(info, amp):
-            loss = loss_fn(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaled_step(loss, opt, scaler)
+        ts.seg_step(net, opt, scaler, loss_fn, x, y, info, amp)
 
     return step, b, sum(q.numel() for q in model.parameters()), f"{b}x1x{'x'.join(map(str, patch))}"
 

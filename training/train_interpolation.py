@@ -26,6 +26,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +340,47 @@ def make_recon_loss(config: dict):
     raise SystemExit(f"unknown recon_loss {kind!r} (l1, mse, l1+mse)")
 
 
+def make_d_opt(disc: PatchDiscriminator, config: dict) -> torch.optim.Optimizer:
+    """Adam for the discriminator (β1 0.5 as in pix2pix) at ``d_lr``."""
+    return torch.optim.Adam(disc.parameters(), lr=config["d_lr"], betas=(0.5, 0.999))
+
+
+def gan_step(g_net: torch.nn.Module, d_net: torch.nn.Module, g_opt: torch.optim.Optimizer,
+             d_opt: torch.optim.Optimizer, g_scaler: torch.amp.GradScaler, d_scaler: torch.amp.GradScaler,
+             batch: Sequence[torch.Tensor], recon: Callable, adv_weight: float, info: DistInfo,
+             amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Phase I step (Algorithm 1) on a device batch (ctx, pos, base, target, linear): the LSGAN
+    discriminator step (skipped when ``adv_weight`` is 0: the warm-up), then the generator step on
+    ``recon`` + ``adv_weight``·adversarial loss. The nets may be DDP-wrapped; the generator step calls the
+    unwrapped discriminator (no gradient sync for D there). Returns the 0-dim (reconstruction,
+    discriminator, generator) losses; the discriminator's is 0 without its step."""
+    ctx, pos, base, target, linear = batch
+    with autocast(info, amp):
+        fake = g_net(ctx, base, pos, linear)
+    d_loss = torch.zeros((), device=info.device)
+    if adv_weight > 0:  # a. discriminator step (LSGAN), real and synthesized slices in one forward
+        d_opt.zero_grad(set_to_none=True)
+        with autocast(info, amp):
+            d_real, d_fake = d_net(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
+            d_loss = 0.5 * (((d_real.float() - 1) ** 2).mean() + (d_fake.float() ** 2).mean())
+        scaled_step(d_loss, d_opt, d_scaler)
+    # b. generator step: reconstruction + adversarial
+    g_opt.zero_grad(set_to_none=True)
+    with autocast(info, amp):
+        r_loss = recon(fake.float(), target)
+        loss = r_loss
+        if adv_weight > 0:
+            disc = unwrap(d_net)
+            for p in disc.parameters():
+                p.requires_grad_(False)
+            adv = ((disc(ctx, fake).float() - 1) ** 2).mean()
+            for p in disc.parameters():
+                p.requires_grad_(True)
+            loss = loss + adv_weight * adv
+    scaled_step(loss, g_opt, g_scaler)
+    return r_loss, d_loss, loss
+
+
 def build_models(config: dict) -> tuple[SculptorGenerator, PatchDiscriminator]:
     gen = SculptorGenerator(n_side=config["n_side"], base_channels=config["base_channels"], levels=config["levels"],
                             pos_scale_mm=config["pos_scale_mm"], residual_scale=config["residual_scale"],
@@ -411,7 +453,7 @@ def main(argv=None) -> int:
     gen.to(device)
     disc.to(device)
     g_opt = make_g_opt(gen, config, float(config["lr"]))
-    d_opt = torch.optim.Adam(disc.parameters(), lr=config["d_lr"], betas=(0.5, 0.999))
+    d_opt = make_d_opt(disc, config)
     amp = bool(config["amp"])
     g_scaler, d_scaler = grad_scaler(info, amp), grad_scaler(info, amp)
     state = {"epoch": 0, "best": -float("inf"), "since_best": 0, "pruned": False, "prune_epoch": None,
@@ -458,34 +500,14 @@ def main(argv=None) -> int:
     while state["epoch"] < int(config["max_epochs"]):
         epoch = state["epoch"]
         use_adv = config["adv_weight"] > 0 and epoch >= int(config["adv_start_epoch"])
+        adv_weight = config["adv_weight"] if use_adv else 0.0
         totals = np.zeros(3)
         # in-process: one stream continued across epochs (saved per rank); workers: a stream per epoch
         batches = epoch_batches(loader, epoch) if loader else iter(lambda: sampler.batch(bs), None)
         for _ in range(iters):
-            ctx, pos, base, target, linear = (t.to(device, non_blocking=True) for t in next(batches))
-            with autocast(info, amp):
-                fake = g_ddp(ctx, base, pos, linear)
-            d_loss = torch.zeros((), device=device)
-            if use_adv:  # a. discriminator step (LSGAN), real and synthesized slices in one forward
-                d_opt.zero_grad(set_to_none=True)
-                with autocast(info, amp):
-                    d_real, d_fake = d_ddp(torch.cat([ctx, ctx]), torch.cat([target, fake.detach()])).chunk(2)
-                    d_loss = 0.5 * (((d_real.float() - 1) ** 2).mean() + (d_fake.float() ** 2).mean())
-                scaled_step(d_loss, d_opt, d_scaler)
-            # b. generator step: reconstruction + adversarial
-            g_opt.zero_grad(set_to_none=True)
-            with autocast(info, amp):
-                r_loss = recon(fake.float(), target)
-                loss = r_loss
-                if use_adv:
-                    for p in disc.parameters():
-                        p.requires_grad_(False)
-                    adv = ((disc(ctx, fake).float() - 1) ** 2).mean()  # unwrapped: no gradient sync for D here
-                    for p in disc.parameters():
-                        p.requires_grad_(True)
-                    loss = loss + config["adv_weight"] * adv
-            scaled_step(loss, g_opt, g_scaler)
-            totals += [r_loss.item(), d_loss.item(), loss.item()]
+            batch = [t.to(device, non_blocking=True) for t in next(batches)]
+            losses = gan_step(g_ddp, d_ddp, g_opt, d_opt, g_scaler, d_scaler, batch, recon, adv_weight, info, amp)
+            totals += [value.item() for value in losses]
         del batches  # DataLoader workers of this epoch end here
         totals /= iters
         state["epoch"] = epoch = epoch + 1

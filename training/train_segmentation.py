@@ -303,6 +303,31 @@ def build(config: dict) -> torch.nn.Module:
     return build_model(config["architecture"], args)
 
 
+def make_loss(config: dict) -> torch.nn.Module:
+    """α·Dice + (1−α)·CE over the whole batch, on logits and class-index labels."""
+    from monai.losses import DiceCELoss
+
+    alpha = float(config["alpha"])
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=alpha, lambda_ce=1 - alpha)
+
+
+def input_layout(config: dict) -> torch.memory_format:
+    """Memory format of the training inputs: channels-last(-3d)."""
+    return torch.channels_last_3d if int(config["dims"]) == 3 else torch.channels_last
+
+
+def seg_step(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, info: DistInfo, amp: bool) -> torch.Tensor:
+    """One Phase II step: forward of ``net`` (may be DDP-wrapped) under autocast, ``loss_fn`` in float32,
+    backward and optimizer step through ``scaler``. ``x`` and ``y`` on the device, ``x`` in
+    :func:`input_layout`. Returns the 0-dim loss."""
+    with autocast(info, amp):
+        loss = loss_fn(net(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaled_step(loss, opt, scaler)
+    return loss
+
+
 def arch_args(config: dict) -> dict:
     return {"in_channels": 1, "out_channels": 3, "features": list(config["features"]), "dims": config["dims"]}
 
@@ -450,12 +475,9 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{len(train_names)} training and {len(val_names)} validation cases; world size {info.world_size}")
 
     model = build(config).to(info.device)
-    from monai.losses import DiceCELoss
-
     from SculptorGANLib.nn.pruning import apply_magnitude_pruning, sparsity_report
 
-    alpha = float(config["alpha"])
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=alpha, lambda_ce=1 - alpha)
+    loss_fn = make_loss(config)
     opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
     plateau = lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(  # noqa: E731
         o, mode="max", factor=float(config["plateau_factor"]), patience=int(config["plateau_patience"]))
@@ -495,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     last_ckpt = start
     stop_reason = "max_epochs"
-    fmt = torch.channels_last_3d if config["dims"] == 3 else torch.channels_last
+    fmt = input_layout(config)
     ddp_model.train()
     while state["epoch"] < config["max_epochs"]:
         losses = []
@@ -512,11 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
             x, y = next(batches)
             x = x.to(info.device, non_blocking=True).contiguous(memory_format=fmt)
             y = y.to(info.device, non_blocking=True)
-            with autocast(info, amp):
-                loss = loss_fn(ddp_model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaled_step(loss, opt, scaler)
-            losses.append(loss.item())
+            losses.append(seg_step(ddp_model, opt, scaler, loss_fn, x, y, info, amp).item())
             state["iteration"] += 1
             out_of_time = args.max_minutes is not None and broadcast_object(  # DDP: all ranks stop together
                 time.time() - start > 60 * args.max_minutes, info)
