@@ -57,6 +57,43 @@ def surface_area_mm2(points: np.ndarray, triangles: np.ndarray) -> float:
     return float(0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
 
 
+def _segment_distances(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of point ``p`` to each segment a[i]–b[i] ((M, 3) arrays)."""
+    ab = b - a
+    t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-300), 0.0, 1.0)
+    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
+
+
+def signed_distance(points: np.ndarray, triangles: np.ndarray, p: np.ndarray) -> float:
+    """Signed distance of point ``p`` to a closed triangle mesh: negative inside.
+
+    The magnitude is the exact distance to the nearest triangle; inside/outside comes from the mesh's
+    winding number around ``p`` (the sum of the triangles' solid angles, Van Oosterom & Strackee), so
+    neither normals nor the triangles' orientation are needed."""
+    if len(triangles) == 0:
+        return float("inf")
+    p = np.asarray(p, np.float64)
+    a, b, c = (points[triangles[:, k]] for k in range(3))
+    normal = np.cross(b - a, c - a)
+    area2 = np.einsum("ij,ij->i", normal, normal)
+    height = np.einsum("ij,ij->i", p - a, normal) / np.sqrt(np.maximum(area2, 1e-300))
+    foot = p - height[:, None] * normal / np.sqrt(np.maximum(area2, 1e-300))[:, None]
+    # the foot of the perpendicular lies inside the triangle when it is left of all three edges
+    inside = np.ones(len(triangles), bool)
+    for u, v in ((a, b), (b, c), (c, a)):
+        inside &= np.einsum("ij,ij->i", np.cross(v - u, foot - u), normal) >= 0
+    inside &= area2 > 0
+    edges = np.minimum.reduce([_segment_distances(p, u, v) for u, v in ((a, b), (b, c), (c, a))])
+    distance = float(np.where(inside, np.abs(height), edges).min())
+    ra, rb, rc = a - p, b - p, c - p
+    la, lb, lc = (np.linalg.norm(r, axis=1) for r in (ra, rb, rc))
+    numerator = np.einsum("ij,ij->i", ra, np.cross(rb, rc))
+    denominator = (la * lb * lc + np.einsum("ij,ij->i", ra, rb) * lc + np.einsum("ij,ij->i", rb, rc) * la
+                   + np.einsum("ij,ij->i", rc, ra) * lb)
+    winding = np.sum(np.arctan2(numerator, denominator)) / (2 * np.pi)
+    return -distance if abs(winding) > 0.5 else distance
+
+
 def edge_counts(mesh: vtk.vtkPolyData) -> dict[str, int]:
     """Boundary (open) and non-manifold edge counts, from ``vtkFeatureEdges``."""
     counts = {}

@@ -101,3 +101,26 @@ def test_table_and_csv(tmp_path):
     assert [r["structure"] for r in rows] == ["kidney_left", "tumor"]
     assert float(rows[1]["tumor_kidney_contact_fraction"]) == pytest.approx(0.5)
     assert float(rows[0]["volume_ml"]) == pytest.approx((40 * 40 * 30 - 10 * 10 * 5) / 1000)
+
+
+def _box_mesh(lo, hi):
+    """Closed, outward triangle mesh of an axis-aligned box (8 points, 12 triangles)."""
+    corners = np.array([[x, y, z] for z in (lo[2], hi[2]) for y in (lo[1], hi[1]) for x in (lo[0], hi[0])], float)
+    quads = [(0, 2, 3, 1), (4, 5, 7, 6), (0, 1, 5, 4), (2, 6, 7, 3), (0, 4, 6, 2), (1, 3, 7, 5)]
+    return corners, np.array([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))], np.int64)
+
+
+@pytest.mark.parametrize("point, expected", [
+    ((5, 5, 5), -5.0),            # centre of the 10 mm box: 5 mm inside
+    ((5, 5, 9), -1.0),            # 1 mm under the top face
+    ((5, 5, 13), 3.0),            # 3 mm above the top face (closest point inside a face)
+    ((13, 5, 14), 5.0),           # beside an edge: 3-4-5 triangle
+    ((-1, -2, -2), 3.0),          # beyond a corner: sqrt(1 + 4 + 4)
+])
+def test_signed_distance_to_a_closed_mesh(point, expected):
+    from SculptorGANLib.meshutil import signed_distance
+
+    points, triangles = _box_mesh((0, 0, 0), (10, 10, 10))
+    assert signed_distance(points, triangles, np.array(point, float)) == pytest.approx(expected, abs=1e-9)
+    # inside/outside by winding number: the triangles' orientation does not matter
+    assert signed_distance(points, triangles[:, ::-1], np.array(point, float)) == pytest.approx(expected, abs=1e-9)
