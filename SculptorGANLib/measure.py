@@ -164,14 +164,12 @@ def _components(mask: np.ndarray) -> int:
 
 
 def measure_structures(labels: LabelVolume, meshes: dict[str, vtk.vtkPolyData] | None = None,
-                       ct_array: np.ndarray | None = None, crops: StructureCrops | None = None,
-                       padded_crops: StructureCrops | None = None) -> dict:
+                       ct_array: np.ndarray | None = None, padded_crops: StructureCrops | None = None) -> dict:
     """Measurements per structure (names as in the meshes) and a 'tumor' block; JSON-serialisable.
 
-    ``crops``: an :func:`.anatomy.structure_crops` result to reuse (else computed here);
-    ``padded_crops``: an :func:`.anatomy.padded_structure_crops` one (then ``crops`` is not needed)."""
+    ``padded_crops``: an :func:`.anatomy.padded_structure_crops` result to reuse (else computed here)."""
     meshes = meshes or {}
-    structures = padded_crops if padded_crops is not None else padded_structure_crops(labels, ct_array, crops)
+    structures = padded_crops if padded_crops is not None else padded_structure_crops(labels, ct_array)
     voxel_ml = labels.voxel_volume_ml
     blocks = {name: _structure_block(mask, off, labels.geometry, meshes.get(name), voxel_ml)
               for name, (mask, off) in structures.items()}

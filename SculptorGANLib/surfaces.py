@@ -29,8 +29,6 @@ from .volume import Geometry, LabelVolume
 METHODS = ("flying_edges", "surface_nets")
 #: Windowed-sinc iterations, as in Slicer ("ten or twenty iterations is all that is usually necessary").
 SMOOTHING_ITERATIONS = 20
-#: Former name of :func:`.anatomy.padded_structure_crops`, kept for callers that import it from here.
-structure_masks = padded_structure_crops
 
 
 # --------------------------------------------------------------------------- VTK stages
@@ -172,17 +170,15 @@ def _interpolation_axis(spacing_zyx, interpolate) -> int | None:
 def labelmap_to_meshes(labels: LabelVolume, ct_array: np.ndarray | None = None, smoothing: float = 0.5,
                        method: str = "flying_edges", joint: bool = False, decimation: float = 0.0,
                        interpolate: str | bool | float = "auto", normals: bool = True,
-                       crops: StructureCrops | None = None,
                        padded_crops: StructureCrops | None = None) -> dict[str, vtk.vtkPolyData]:
     """One closed LPS surface per structure ('kidney_left', 'kidney_right', 'tumor', others by name).
 
     See :func:`mask_to_mesh` for the options. ``joint=True`` meshes all structures together with
     multi-label surface nets (``method`` is then ignored) so shared interfaces coincide exactly.
     ``ct_array`` (same grid) only serves to find the body midline for the left/right split;
-    ``crops`` reuses an :func:`.anatomy.structure_crops` result instead of splitting again, and
-    ``padded_crops`` an :func:`.anatomy.padded_structure_crops` one (then ``crops`` is not needed).
+    ``padded_crops`` reuses an :func:`.anatomy.padded_structure_crops` result instead of splitting again.
     """
-    structures = padded_crops if padded_crops is not None else padded_structure_crops(labels, ct_array, crops)
+    structures = padded_crops if padded_crops is not None else padded_structure_crops(labels, ct_array)
     if not structures:
         return {}
     if joint:

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from vtk.util.numpy_support import vtk_to_numpy
 
-from SculptorGANLib.anatomy import split_structures
+from SculptorGANLib.anatomy import padded_structure_crops, split_structures
 from SculptorGANLib.meshutil import edge_counts, is_watertight, mesh_arrays, orientation_consistent, signed_volume_mm3
 from SculptorGANLib.phantom import make_phantom, thick_labels
 from SculptorGANLib.shape_interpolation import interpolate_field, shape_interpolate_labels, thick_axis
-from SculptorGANLib.surfaces import labelmap_to_meshes, mask_to_mesh, mesh_volume_ml, structure_masks
+from SculptorGANLib.surfaces import labelmap_to_meshes, mask_to_mesh, mesh_volume_ml
 from SculptorGANLib.volume import Geometry, LabelVolume
 
 # A rotated, mirrored (det = -1) direction matrix: columns are the x, y, z index axes in LPS.
@@ -90,7 +90,7 @@ def test_phantom_structures_are_watertight_with_voxel_volumes(phantom):
 def test_structure_masks_match_split_structures(phantom):
     ct, labels = phantom
     reference = split_structures(labels, ct.array)
-    cropped = structure_masks(labels, ct.array)
+    cropped = padded_structure_crops(labels, ct.array)
     assert set(cropped) == set(reference)
     for name, (mask, offset) in cropped.items():
         full = np.zeros(labels.shape, bool)

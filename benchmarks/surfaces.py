@@ -39,13 +39,13 @@ from vtk.util.numpy_support import vtk_to_numpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from SculptorGANLib.anatomy import padded_structure_crops  # noqa: E402
 from SculptorGANLib.io import geometry_from_sitk, read_labels, to_sitk  # noqa: E402
 from SculptorGANLib.measure import measure_structures  # noqa: E402
 from SculptorGANLib.meshutil import edge_counts, mesh_arrays, signed_volume_mm3  # noqa: E402
 from SculptorGANLib.phantom import thick_labels  # noqa: E402
 from SculptorGANLib.shape_interpolation import shape_interpolate  # noqa: E402
-from SculptorGANLib.surfaces import (_smooth, _to_physical, labelmap_to_meshes, shifted_geometry,  # noqa: E402
-                                     structure_masks)
+from SculptorGANLib.surfaces import _smooth, _to_physical, labelmap_to_meshes, shifted_geometry  # noqa: E402
 from SculptorGANLib.volume import Geometry, LabelVolume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "kits19_seg"
@@ -102,8 +102,8 @@ def quality(cases: list[str]) -> tuple[str, str]:
     for case in cases:
         thin = load_axial(case)
         thick = thick_labels(thin, FACTOR)
-        thin_structs = structure_masks(thin)
-        thick_structs = structure_masks(thick)
+        thin_structs = padded_structure_crops(thin)
+        thick_structs = padded_structure_crops(thick)
         started = time.perf_counter()
         built = {
             "FE + sinc (Slicer)": labelmap_to_meshes(thick, interpolate=False),
@@ -163,7 +163,7 @@ def _best_of(fn, repeat: int = 3) -> float:
 
 def speed(case: str) -> str:
     labels = load_axial(case)
-    structs = structure_masks(labels)
+    structs = padded_structure_crops(labels)
     full_masks = {}
     for name, (mask, off) in structs.items():
         full = np.zeros(labels.shape, bool)
