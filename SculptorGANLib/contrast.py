@@ -1,9 +1,10 @@
 """Is the CT contrast-enhanced? Judged from the HU inside the segmented kidneys.
 
 Renal parenchyma measures about 30–45 HU without contrast and well above 100 HU in the arterial,
-nephrographic and excretory phases. KiTS19 (whose masks our model learned from) is contrast-enhanced,
-and on a non-contrast scan a tumor is nearly isodense with the kidney, so the tumor label there needs
-a human check. This module only measures and words that warning; it never changes labels.
+nephrographic and excretory phases. On a non-contrast scan a tumor is nearly isodense with the kidney
+(and bowel content is too), and the shipped model has seen such scans only as synthetic renderings, so
+the labels there need a human check. This module only measures and words that warning; it never
+changes labels.
 """
 from __future__ import annotations
 
@@ -46,6 +47,6 @@ def contrast_note(median_hu: float | None) -> str | None:
     """A warning for users when the scan looks non-contrast, else None."""
     if contrast_phase(median_hu) != "non-contrast":
         return None
-    return (f"the kidneys measure about {median_hu:.0f} HU, so this CT looks non-contrast; the model learned "
-            "from contrast-enhanced anatomy, and without contrast a tumor is nearly isodense with the kidney "
-            "and with bowel: check the tumor label (e.g. in Slicer's Segment Editor) before using it")
+    return (f"the kidneys measure about {median_hu:.0f} HU, so this CT looks non-contrast; without contrast a "
+            "tumor is nearly isodense with the kidney and with bowel, and the model has seen such scans only as "
+            "synthetic renderings: check the tumor label (e.g. in Slicer's Segment Editor) before using it")
