@@ -565,7 +565,7 @@ class SculptorGANLogic(ScriptedLoadableModuleLogic):
         """Write the input to a temporary file and start the worker; returns at once."""
         import time
 
-        from SculptorGANLib.io import write_volume
+        from SculptorGANLib.io.volumes import write_volume
         from SculptorGANModuleLib import mrml
         from SculptorGANModuleLib.worker import WorkerJob
 
@@ -709,7 +709,7 @@ class SculptorGANTest(ScriptedLoadableModuleTest):
         self.test_SculptorGAN_phantom()
 
     def _phantomNode(self):
-        from SculptorGANLib.phantom import make_phantom
+        from SculptorGANLib.synthetic.phantom import make_phantom
         from SculptorGANModuleLib import mrml
 
         paths.ensureLibraryImportable()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import overlap_metrics
-from .phantom import drop_slices, make_phantom, thick_slices
+from .measure.metrics import overlap_metrics
+from .synthetic.phantom import make_phantom, thick_slices
 from .pipeline import PipelineOptions, PipelineResult, run_pipeline
-from .volume import CTVolume, LabelVolume
+from .core.volume import CTVolume, LabelVolume
 
 DEMO_FACTOR = 2
 DEMO_MISSING = (13, 29)
@@ -18,7 +18,7 @@ DEMO_MISSING = (13, 29)
 def demo_inputs(seed: int = 0) -> tuple[CTVolume, CTVolume, LabelVolume]:
     """(thick input with missing slices, thin ground-truth CT, thin ground-truth labels)."""
     truth_ct, truth_labels = make_phantom(seed=seed)
-    thick = drop_slices(thick_slices(truth_ct, DEMO_FACTOR), DEMO_MISSING)
+    thick = thick_slices(truth_ct, DEMO_FACTOR).with_missing(DEMO_MISSING)
     thick.name = "phantom_thick"
     return thick, truth_ct, truth_labels
 
@@ -42,7 +42,7 @@ def score_against_truth(result: PipelineResult, truth_ct: CTVolume, truth_labels
 
 def run_demo(out_dir: Path, device: str = "auto", progress=None, cancel=None) -> tuple[Path, dict]:
     """Run the demo into ``out_dir``; returns the report path and the scores."""
-    from .results import write_results
+    from .outputs.results import write_results
 
     thick, truth_ct, truth_labels = demo_inputs()
     options = PipelineOptions(factor=DEMO_FACTOR, device=device)

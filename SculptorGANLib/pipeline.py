@@ -10,50 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import CancelledError, SculptorGANError
-from .volume import CTVolume, LabelVolume
+from .core.errors import CancelledError, SculptorGANError
+from .core.options import STEPS, PipelineOptions
+from .core.volume import CTVolume, LabelVolume
 
-STEPS = ("interpolate", "segment", "surfaces")
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 #: Share of the progress bar given to each stage.
 _STAGE_WEIGHT = {"interpolate": 0.3, "segment": 0.55, "surfaces": 0.15}
-
-
-@dataclass
-class PipelineOptions:
-    """What to run and how; defaults are what a user gets without options."""
-
-    steps: tuple[str, ...] = STEPS
-    factor: int | None = None
-    target_spacing: float | None = None
-    fill_missing: bool = True
-    interpolation_method: str | None = None  # None: the best available (GAN when its weights ship)
-    interpolation_model: str | None = None   # None: the shipped SculptorGAN model
-    enhance: bool = False                    # also refine the acquired slices with the GAN
-    segmentation_model: str | None = None    # None: the shipped default
-    postprocess: bool = True                 # anatomical clean-up of the network output
-    morph_mm: float = 0.0                    # optional morphological opening/closing radius (mm)
-    overlap: float = 0.25                    # sliding-window overlap of the segmentation (0–0.9)
-    device: str = "auto"
-    smoothing: float = 0.5
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.steps if s not in STEPS]
-        if unknown:
-            raise SculptorGANError(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
-        if self.factor is not None and self.target_spacing is not None:
-            raise SculptorGANError("give either --factor or --target-spacing, not both")
-        if self.factor is not None and self.factor < 1:
-            raise SculptorGANError(f"factor must be a positive integer, got {self.factor}")
-        if self.target_spacing is not None and self.target_spacing <= 0:
-            raise SculptorGANError(f"target spacing must be positive, got {self.target_spacing}")
-        if self.morph_mm < 0:
-            raise SculptorGANError(f"morphology radius must be >= 0 mm, got {self.morph_mm}")
-        if not 0 <= self.overlap <= 0.9:
-            raise SculptorGANError(f"overlap must be between 0 and 0.9, got {self.overlap}")
-        if not 0 <= self.smoothing <= 1:
-            raise SculptorGANError(f"smoothing must be between 0 and 1, got {self.smoothing}")
 
 
 @dataclass
@@ -81,7 +45,7 @@ class PipelineResult:
 
     def structure_crops(self) -> dict:
         """:func:`.anatomy.structure_crops` of ``labels`` — the left/right split done once per result."""
-        from .anatomy import structure_crops
+        from .core.anatomy import structure_crops
 
         return self._per_labels("crops", lambda labels: structure_crops(
             labels, self.ct.array if self.ct.same_grid(labels) else None))
@@ -89,7 +53,7 @@ class PipelineResult:
     def padded_structure_crops(self) -> dict:
         """:func:`.anatomy.padded_structure_crops` of :meth:`structure_crops` — what surfaces and
         measurements share, padded once per result."""
-        from .anatomy import padded_structure_crops
+        from .core.anatomy import padded_structure_crops
 
         return self._per_labels("padded", lambda labels: padded_structure_crops(labels, crops=self.structure_crops()))
 
@@ -111,7 +75,7 @@ def _check_cancel(cancel: CancelFn | None) -> None:
 
 
 def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[CTVolume, dict]:
-    from .interpolation import interpolate
+    from .interpolate.stage import interpolate
 
     needs_work = options.factor not in (None, 1) or options.target_spacing is not None or (
         options.fill_missing and ct.missing_slices)
@@ -124,16 +88,16 @@ def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -
 
 
 def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[LabelVolume, dict]:
-    from .segmentation import segment
+    from .segment.stage import segment
 
     return segment(ct, model=options.segmentation_model, device=options.device, progress=progress, cancel=cancel,
                    postprocess=options.postprocess, morph_mm=options.morph_mm, overlap=options.overlap)
 
 
 def _run_surfaces(result: PipelineResult, options: PipelineOptions) -> tuple[dict, dict, dict]:
-    from .measure import measure_structures
-    from .shape_interpolation import thick_axis
-    from .surfaces import labelmap_to_meshes
+    from .measure.structures import measure_structures
+    from .surfaces.shape_interpolation import thick_axis
+    from .surfaces.meshing import labelmap_to_meshes
 
     labels, ct = result.labels, result.ct
     ct_array = ct.array if ct.same_grid(labels) else None
@@ -149,8 +113,11 @@ def _run_surfaces(result: PipelineResult, options: PipelineOptions) -> tuple[dic
 
 def run_pipeline(ct: CTVolume, options: PipelineOptions | None = None, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> PipelineResult:
-    """Run the chosen steps on ``ct`` (never modified) and return everything they produced."""
+    """Run the chosen steps on ``ct`` (never modified; ``options.missing_slices`` are marked on a copy) and
+    return everything they produced."""
     options = options or PipelineOptions()
+    if options.missing_slices:
+        ct = ct.with_missing(options.missing_slices)
     result = PipelineResult(input=ct, ct=ct)
     steps = [s for s in STEPS if s in options.steps]
     total = sum(_STAGE_WEIGHT[s] for s in steps) or 1.0

@@ -68,8 +68,8 @@ def structure_labels(labels, ct_array=None):
     """LabelVolume with one fixed value per structure: kidney_left 1, kidney_right 2, tumor 3, others after."""
     import numpy as np
 
-    from .anatomy import split_structures
-    from .volume import LabelVolume
+    from .core.anatomy import split_structures
+    from .core.volume import LabelVolume
 
     masks = split_structures(labels, ct_array)
     array = np.zeros(labels.shape, np.uint8)
@@ -86,14 +86,13 @@ def structure_labels(labels, ct_array=None):
 
 def with_missing_slices(ct, indices):
     """``ct`` with the given slices marked as not acquired (``indices``: ints or a "12, 13" string)."""
-    from .errors import InputError
-    from .phantom import drop_slices
+    from .core.errors import InputError
 
     try:
         if isinstance(indices, str):
             indices = [int(v) for v in indices.replace(";", ",").replace(" ", ",").split(",") if v.strip()]
-        return drop_slices(ct, tuple(int(i) for i in indices))
-    except ValueError:
+        return ct.with_missing(tuple(int(i) for i in indices))
+    except (ValueError, InputError):
         raise InputError(f"missing slices {indices!r}: give indices of inner slices 1..{ct.shape[0] - 2}, "
                          "separated by commas") from None
 
@@ -169,7 +168,7 @@ class _Progress:
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(kind, one-line message) for an exception raised by a run."""
-    from .errors import CancelledError, SculptorGANError
+    from .core.errors import CancelledError, SculptorGANError
 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, CancelledError):
@@ -191,7 +190,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- files
 def _write_outputs(outputs: WorkerOutputs, out_dir: Path, source: str) -> Path:
     """Write the outputs into ``out_dir`` (staged) and the manifest last; returns the manifest path."""
-    from .io import write_volume
+    from .io.volumes import write_volume
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(out_dir) / ".partial"
@@ -218,7 +217,7 @@ def _write_outputs(outputs: WorkerOutputs, out_dir: Path, source: str) -> Path:
 
 def read_outputs(out_dir: str | os.PathLike) -> tuple[dict, Any, Any]:
     """(manifest, CTVolume or None, structure LabelVolume or None) from a finished worker's folder."""
-    from .io import read_ct, read_labels
+    from .io.volumes import read_ct, read_labels
 
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
@@ -264,12 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     emit("start", pid=os.getpid(), version=__version__)
     try:
-        from .errors import CancelledError
-        from .io import read_ct
+        from .core.errors import CancelledError
+        from .io.volumes import read_ct
 
         progress = _Progress()
         if args.device.lower().startswith(("cuda", "mps")):  # say "no GPU" now, not after reading the input
-            from .device import resolve_device
+            from .core.device import resolve_device
 
             resolve_device(args.device)
         progress(0.0, "reading input")

@@ -14,14 +14,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def small_phantom():
     """A 48×64×64 phantom at 5 mm (thin truth) — fast enough for end-to-end tests."""
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     return make_phantom(shape=(48, 64, 64), spacing=(5.0, 5.0, 5.0), seed=3)
 
 
 @pytest.fixture
 def oblique_geometry():
-    from SculptorGANLib.volume import Geometry
+    from SculptorGANLib.core.volume import Geometry
 
     a, b = np.deg2rad(20), np.deg2rad(10)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -42,7 +42,7 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing_xy: tuple[float,
     """Write one axial CT slice per DICOM file at the given z positions (mm); returns the folder."""
     import SimpleITK as sitk
 
-    from SculptorGANLib.dicom import preserved_locale
+    from SculptorGANLib.io.dicom import preserved_locale
 
     folder.mkdir(parents=True)
     writer = sitk.ImageFileWriter()

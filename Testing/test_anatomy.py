@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SculptorGANLib.anatomy import (CROP_MARGIN, bounding_box, padded_crop, padded_structure_crops, split_structures,
+from SculptorGANLib.core.anatomy import (CROP_MARGIN, bounding_box, padded_crop, padded_structure_crops, split_structures,
                                     structure_crops)
-from SculptorGANLib.phantom import make_phantom
+from SculptorGANLib.synthetic.phantom import make_phantom
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from SculptorGANLib.cli import main
-from SculptorGANLib.io import write_volume
-from SculptorGANLib.volume import CTVolume
+from SculptorGANLib.io.volumes import write_volume
+from SculptorGANLib.core.volume import CTVolume
 
 
 def run_cli(capsys, *args):

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SculptorGANLib import batch
-from SculptorGANLib.batch import discover_cases, run_batch, shard
-from SculptorGANLib.errors import InputError
-from SculptorGANLib.io import read_labels, write_volume
-from SculptorGANLib.phantom import make_phantom
+from SculptorGANLib.cli import main as cli_main
+from SculptorGANLib.batch.runner import discover_cases, run_batch, shard
+from SculptorGANLib.core.errors import InputError
+from SculptorGANLib.io.volumes import read_labels, write_volume
+from SculptorGANLib.synthetic.phantom import make_phantom
 from SculptorGANLib.pipeline import PipelineOptions
-from SculptorGANLib.results import OutputOptions
+from SculptorGANLib.outputs.results import OutputOptions
 
 from conftest import write_dicom_series
 
@@ -122,16 +122,16 @@ def test_cli_exit_codes_progress_and_manual_shards(tmp_path, cohort, capsys):
     assert summary.count("ok") == 3
 
     # Manual sharding (e.g. a SLURM array): rank 1 of 2 takes cases 1 and 3 of the sorted list only.
-    assert batch.main([str(cohort), "--out", str(out / "shard"), "--rank", "1", "--world-size", "2", *CLI_ARGS]) == 0
+    assert cli_main(["batch", str(cohort), "--out", str(out / "shard"), "--rank", "1", "--world-size", "2", *CLI_ARGS]) == 0
     rows = _rows(out / "shard" / "summary.csv")
     assert [(r["case"], r["status"]) for r in rows] == [("broken", "pending"), ("case0", "ok"),
                                                          ("case1", "pending"), ("case2", "ok")]
     # The other shard completes the summary; a failed case gives exit code 3 and a one-line reason.
-    assert batch.main([str(cohort), "--out", str(out / "shard"), "--rank", "0", "--world-size", "2", *CLI_ARGS]) == 3
+    assert cli_main(["batch", str(cohort), "--out", str(out / "shard"), "--rank", "0", "--world-size", "2", *CLI_ARGS]) == 3
     assert [r["status"] for r in _rows(out / "shard" / "summary.csv")] == ["failed", "ok", "ok", "ok"]
     err = capsys.readouterr().err
     assert "failed: broken:" in err
-    assert batch.main([str(tmp_path / "missing"), "--out", str(out / "x"), *CLI_ARGS]) == 2
+    assert cli_main(["batch", str(tmp_path / "missing"), "--out", str(out / "x"), *CLI_ARGS]) == 2
 
 
 def _free_port() -> int:
@@ -145,7 +145,7 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, cohort):
     single = run_batch(cohort, tmp_path / "single", OPTIONS, output_options=OUTPUT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "SculptorGANLib.batch", str(cohort), "--out", str(tmp_path / "ddp"), *CLI_ARGS]
+           "-m", "SculptorGANLib", "batch", str(cohort), "--out", str(tmp_path / "ddp"), *CLI_ARGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(tmp_path / "ddp" / "summary.csv")

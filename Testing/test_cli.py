@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from SculptorGANLib.cli import build_parser, main
-from SculptorGANLib.io import read_ct, read_labels, write_volume
-from SculptorGANLib.phantom import thick_slices
+from SculptorGANLib.io.volumes import read_ct, read_labels, write_volume
+from SculptorGANLib.synthetic.phantom import thick_slices
 
 COMMANDS = ["demo", "run", "interpolate", "segment", "surfaces", "evaluate", "batch", "models"]
 
@@ -91,7 +91,7 @@ def test_models_command_lists_cards(capsys):
 
 
 def test_segment_options_reach_the_stage(monkeypatch, tmp_path, small_phantom):
-    import SculptorGANLib.segmentation as segmentation
+    import SculptorGANLib.segment.stage as segmentation
 
     seen = {}
     real = segmentation.segment

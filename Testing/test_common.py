@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from training import cache, common  # noqa: E402
+from training import cache, common, loop  # noqa: E402
 from training.common import DistInfo  # noqa: E402
 
 DEFAULTS = {"lr": 0.1, "patch": [8, 8], "name": "x", "amp": True}
@@ -75,8 +72,8 @@ def test_checkpoint_atomic_weights_only_and_run_record(tmp_path):
     torch.save({"evil": Path("x")}, tmp_path / "pickled.pt")
     with pytest.raises(Exception):
         common.load_checkpoint(tmp_path / "pickled.pt", torch.device("cpu"))  # weights_only refuses objects
-    common.write_run_record(path.parent, {"lr": 1}, ["a.nii.gz"], info)
-    common.write_run_record(path.parent, {"lr": 2}, ["a.nii.gz"], info)
+    loop.write_run_record(path.parent, {"lr": 1}, ["a.nii.gz"], info)
+    loop.write_run_record(path.parent, {"lr": 2}, ["a.nii.gz"], info)
     record = json.loads((path.parent / "run.json").read_text())
     assert record["config"] == {"lr": 2} and record["previous"][0]["config"] == {"lr": 1}
     assert record["data"] == ["a.nii.gz"] and record["git_revision"] and record["world_size"] == 1
@@ -197,11 +194,8 @@ def test_multigpu_configs_match_their_trainer(trainer, config):
 
 def test_training_throughput_benchmark_runs_on_cpu(tmp_path):
     """benchmarks/training_throughput.py still drives both trainers' networks (tiny shapes, 1 step)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import training_throughput
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    from benchmarks import training_throughput
+
     out = tmp_path / "tt.json"
     assert training_throughput.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--set", "interp.patch=16",
                                      "--set", "batch_size=2", "--set", "base_channels=4", "--set", "d_channels=4",

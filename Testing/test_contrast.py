@@ -1,9 +1,9 @@
 """Contrast-phase check from the HU inside the kidneys, and its note in the segment stage."""
 import numpy as np
 
-from SculptorGANLib.contrast import contrast_note, contrast_phase, kidney_median_hu
-from SculptorGANLib.segmentation import segment
-from SculptorGANLib.volume import CTVolume
+from SculptorGANLib.segment.contrast import contrast_note, contrast_phase, kidney_median_hu
+from SculptorGANLib.segment.stage import segment
+from SculptorGANLib.core.volume import CTVolume
 
 
 def _kidney_block(hu: float) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,6 @@ import torch
 import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TOTAL_STEPS = 7       # 24 samples, 2 ranks, batch 4 -> 3 batches per rank per epoch: crosses 2 epoch ends
 STOP_AT = 4           # interrupted after epoch 1, batch 1 (mid-epoch)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ import torch
 import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 INTERP_ARGS = ["--set", "phantoms=1", "--set", "phantom_shape=[24,32,32]", "--set", "patch=32", "--set", "batch_size=2",
                "--set", "iters_per_epoch=4", "--set", "val_factors=[2]", "--set", "adv_start_epoch=1",
@@ -46,8 +43,8 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _seg_data(folder: Path) -> Path:
-    from SculptorGANLib.io import write_volume
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.io.volumes import write_volume
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True, exist_ok=True)

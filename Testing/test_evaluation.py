@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from SculptorGANLib.errors import InputError
-from SculptorGANLib.evaluation import comparison_table, evaluate_files
-from SculptorGANLib.io import write_volume
-from SculptorGANLib.volume import Geometry, LabelVolume
+from SculptorGANLib.core.errors import InputError
+from SculptorGANLib.measure.evaluation import comparison_table, evaluate_files
+from SculptorGANLib.io.volumes import write_volume
+from SculptorGANLib.core.volume import Geometry, LabelVolume
 
 
 def make_case(shift):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from SculptorGANLib.interp_data import context_indices
-from SculptorGANLib.models import load_card, load_weights
+from SculptorGANLib.interpolate.context import context_indices
+from SculptorGANLib.nn.cards import load_card, load_weights
 from SculptorGANLib.nn.gan import PatchDiscriminator, SculptorGenerator, build_generator, count_parameters
 from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, sparsity_report
 
@@ -96,14 +96,14 @@ def test_pruning_and_safetensors_round_trip(tmp_path):
     torch.testing.assert_close(loaded(x, b, p), gen(x, b, p), atol=5e-3, rtol=0)
     # a tampered weights file is refused
     card.weights_path.write_bytes(card.weights_path.read_bytes()[:-4] + b"0000")
-    from SculptorGANLib.errors import InputError
+    from SculptorGANLib.core.errors import InputError
 
     with pytest.raises(InputError):
         load_weights(card)
 
 
 def test_shipped_model_card_and_weights():
-    from SculptorGANLib.models import MODELS_DIR, find_model
+    from SculptorGANLib.nn.cards import MODELS_DIR, find_model
 
     if not (MODELS_DIR / "sculptorgan_interp.json").is_file():
         pytest.skip("no shipped interpolation model")

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SculptorGANLib import models
-from SculptorGANLib.errors import CancelledError, InputError
-from SculptorGANLib.interpolation import interpolate, plan_grid
-from SculptorGANLib.phantom import drop_slices, make_phantom, thick_slices
-from SculptorGANLib.volume import CTVolume, Geometry
+from SculptorGANLib.nn import cards as models
+from SculptorGANLib.core.errors import CancelledError, InputError
+from SculptorGANLib.interpolate.stage import interpolate, plan_grid
+from SculptorGANLib.synthetic.phantom import make_phantom, thick_slices
+from SculptorGANLib.core.volume import CTVolume, Geometry
 
 import torch as _torch
 
@@ -92,7 +92,7 @@ def test_gan_beats_nothing_but_changes_only_new_slices(phantom, tiny_model):
 
 def test_fill_missing(phantom, tiny_model):
     missing = (5, 6, 11)
-    ct = drop_slices(phantom, missing)
+    ct = phantom.with_missing(missing)
     for method in ("cubic", "gan"):
         out, info = interpolate(ct, fill_missing=True, method=method, model=str(tiny_model) if method == "gan" else None)
         assert out.shape == phantom.shape and out.same_grid(phantom)
@@ -159,12 +159,12 @@ def test_progress_cancel_enhance_smoothing(phantom, tiny_model):
 def test_inplane_tiling_matches_whole_slice(phantom, tiny_model):
     import torch
 
-    from SculptorGANLib.interp_data import context_arrays, normalize
-    from SculptorGANLib.interpolation import _forward, load_generator
+    from SculptorGANLib.interpolate.context import context_arrays, normalize_hu
+    from SculptorGANLib.interpolate.stage import _forward, load_generator
 
     net, _ = load_generator(str(tiny_model))
     known = np.arange(0, 24, 3).astype(float)
-    slices = normalize(phantom.array[::3])
+    slices = normalize_hu(phantom.array[::3])
     ctx, pos = context_arrays(known, slices, 7.0, 2.0)
     base, lin = slices[2:3], 0.5 * (slices[2:3] + slices[3:4])
     args = (net, ctx[None], base[None], pos[None], torch.device("cpu"), False)

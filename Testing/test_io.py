@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SculptorGANLib.errors import InputError
-from SculptorGANLib.io import read_ct, read_labels, write_volume
-from SculptorGANLib.volume import CTVolume, LabelVolume
+from SculptorGANLib.core.errors import InputError
+from SculptorGANLib.io.volumes import read_ct, read_labels, write_volume
+from SculptorGANLib.core.volume import CTVolume, LabelVolume
 
 from conftest import shared_data, write_dicom_series
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from SculptorGANLib.measure import (contact_areas, max_diameter_mm, measure_structures, measurements_table,
+from SculptorGANLib.measure.structures import (contact_areas, max_diameter_mm, measure_structures, measurements_table,
                                     write_measurements_csv)
-from SculptorGANLib.surfaces import labelmap_to_meshes
-from SculptorGANLib.volume import KIDNEY, TUMOR, Geometry, LabelVolume
+from SculptorGANLib.surfaces.meshing import labelmap_to_meshes
+from SculptorGANLib.core.volume import KIDNEY, TUMOR, Geometry, LabelVolume
 
 GEOMETRY = Geometry(spacing=(1.0, 1.0, 1.0), origin=(-40.0, -40.0, -40.0))
 
@@ -118,9 +118,9 @@ def _box_mesh(lo, hi):
     ((-1, -2, -2), 3.0),          # beyond a corner: sqrt(1 + 4 + 4)
 ])
 def test_signed_distance_to_a_closed_mesh(point, expected):
-    from SculptorGANLib.meshutil import signed_distance
+    from SculptorGANLib.surfaces.meshutil import point_to_mesh_distance
 
     points, triangles = _box_mesh((0, 0, 0), (10, 10, 10))
-    assert signed_distance(points, triangles, np.array(point, float)) == pytest.approx(expected, abs=1e-9)
+    assert point_to_mesh_distance(points, triangles, np.array(point, float)) == pytest.approx(expected, abs=1e-9)
     # inside/outside by winding number: the triangles' orientation does not matter
-    assert signed_distance(points, triangles[:, ::-1], np.array(point, float)) == pytest.approx(expected, abs=1e-9)
+    assert point_to_mesh_distance(points, triangles[:, ::-1], np.array(point, float)) == pytest.approx(expected, abs=1e-9)

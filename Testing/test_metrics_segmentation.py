@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from SculptorGANLib.metrics import binary_metrics, hausdorff, label_metrics, overlap_metrics
+from SculptorGANLib.measure.metrics import binary_metrics, hausdorff, label_metrics, overlap_metrics
 
 
 def cube(shape, start, size):

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from SculptorGANLib.errors import InputError
-from SculptorGANLib.models import ModelCard, find_model, list_models, load_card, load_weights, save_model
+from SculptorGANLib.core.errors import InputError
+from SculptorGANLib.nn.cards import ModelCard, find_model, list_models, load_card, load_weights, save_model
 
 
 def _card(name="tiny", task="segmentation"):

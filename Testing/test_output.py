@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from SculptorGANLib.errors import OutputError
-from SculptorGANLib.output import staged_output_dir, staged_output_file
+from SculptorGANLib.core.errors import OutputError
+from SculptorGANLib.io.atomic import staged_output_dir, staged_output_file
 
 
 def test_folder_appears_only_on_success(tmp_path):

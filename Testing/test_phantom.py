@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SculptorGANLib.anatomy import split_structures
-from SculptorGANLib.phantom import drop_slices, make_phantom, thick_labels, thick_slices
+from SculptorGANLib.core.anatomy import split_structures
+from SculptorGANLib.core.errors import InputError
+from SculptorGANLib.synthetic.phantom import make_phantom, thick_labels, thick_slices
 
 
 def test_same_seed_same_phantom_other_seed_differs():
@@ -35,8 +36,8 @@ def test_thick_slices_and_missing(small_phantom):
     assert thick.shape[0] == 24 and thick.spacing[2] == pytest.approx(10.0)
     assert thick.geometry.origin == ct.geometry.origin
     assert thick_labels(labels, 2).shape == thick.shape
-    holed = drop_slices(thick, (5, 9))
+    holed = thick.with_missing((5, 9))
     assert holed.missing_slices == (5, 9)
     np.testing.assert_allclose(holed.array[5], (thick.array[4] + thick.array[6]) / 2, atol=1e-3)
-    with pytest.raises(ValueError):
-        drop_slices(thick, (0,))
+    with pytest.raises(InputError):
+        thick.with_missing((0,))

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SculptorGANLib.errors import CancelledError, SculptorGANError
-from SculptorGANLib.phantom import drop_slices, thick_slices
+from SculptorGANLib.core.errors import CancelledError, SculptorGANError
+from SculptorGANLib.synthetic.phantom import thick_slices
 from SculptorGANLib.pipeline import PipelineOptions, run_pipeline
 
 
 @pytest.fixture(scope="module")
 def thick_input(small_phantom):
     ct, _ = small_phantom
-    return drop_slices(thick_slices(ct, 2), (7,))
+    return thick_slices(ct, 2).with_missing((7,))
 
 
 def test_end_to_end(thick_input, small_phantom):
@@ -54,19 +54,31 @@ def test_bad_options(kwargs):
         PipelineOptions(**kwargs)
 
 
-def test_left_right_split_done_once_per_run(small_phantom, tmp_path, monkeypatch):
-    """Surfaces, measurements, the .seg.nrrd and the report share one kidney split, and surfaces and
-    measurements one padding of its crops."""
-    from SculptorGANLib import anatomy
-    from SculptorGANLib.results import write_results
+def test_structure_split_is_shared_and_follows_the_labels(small_phantom):
+    """Surfaces, measurements and the outputs share one left/right split per labelmap: the result hands out
+    the same crops until its labels are replaced, then splits the new labels."""
+    from dataclasses import replace
 
     ct, _ = small_phantom
-    calls, pads = [], []
-    original, original_pad = anatomy.component_centroids, anatomy.pad_crops
-    monkeypatch.setattr(anatomy, "component_centroids", lambda mask: calls.append(1) or original(mask))
-    monkeypatch.setattr(anatomy, "pad_crops", lambda crops: pads.append(1) or original_pad(crops))
     result = run_pipeline(ct, PipelineOptions(steps=("segment", "surfaces"), device="cpu"))
-    write_results(result, tmp_path / "out")
-    assert {"kidney_left", "kidney_right"} <= set(result.meshes)
-    assert len(calls) == 1
-    assert len(pads) == 1
+    crops = result.structure_crops()
+    assert {"kidney_left", "kidney_right"} <= set(crops) <= set(result.meshes) | {"tumor"}
+    assert result.structure_crops() is crops and result.padded_structure_crops() is result.padded_structure_crops()
+    flipped = replace(result.labels, array=result.labels.array[:, :, ::-1].copy())
+    result.labels = flipped
+    assert result.structure_crops() is not crops
+
+
+def test_missing_slices_option_marks_a_copy(small_phantom):
+    """``missing_slices`` are marked on a copy of the input and synthesized; a bad index names the range."""
+    ct, _ = small_phantom
+    thick = thick_slices(ct, 2)
+    options = PipelineOptions(steps=("interpolate",), missing_slices=(5,), interpolation_method="linear")
+    result = run_pipeline(thick, options)
+    assert thick.missing_slices == () and result.input.missing_slices == (5,)
+    assert result.ct.shape == thick.shape
+    expected = (thick.array[4] + thick.array[6]) / 2  # linear between the neighbours, not the acquired slice
+    np.testing.assert_allclose(result.ct.array[5], expected, atol=1.0)
+    assert not np.allclose(result.ct.array[5], thick.array[5], atol=1.0)
+    with pytest.raises(SculptorGANError, match="inner slices 1"):
+        run_pipeline(thick, PipelineOptions(steps=("interpolate",), missing_slices=(0,)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SculptorGANLib import render
-from SculptorGANLib.phantom import make_phantom
-from SculptorGANLib.surfaces import labelmap_to_meshes
-from SculptorGANLib.volume import STRUCTURE_COLORS
+from SculptorGANLib.outputs import render
+from SculptorGANLib.synthetic.phantom import make_phantom
+from SculptorGANLib.surfaces.meshing import labelmap_to_meshes
+from SculptorGANLib.core.volume import STRUCTURE_COLORS
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from SculptorGANLib.models import ModelCard, find_model, save_model
+from SculptorGANLib.nn.cards import ModelCard, find_model, save_model
 from SculptorGANLib.nn.wpunet import WPUNet
-from SculptorGANLib.postprocess import postprocess
-from SculptorGANLib.segmentation import segment
-from SculptorGANLib.volume import KIDNEY, TUMOR, CTVolume, Geometry, LabelVolume
+from SculptorGANLib.segment.postprocess import postprocess
+from SculptorGANLib.segment.stage import segment
+from SculptorGANLib.core.volume import KIDNEY, TUMOR, CTVolume, Geometry, LabelVolume
 
 
 def blob(arr, centre, r, value):
@@ -110,7 +110,7 @@ def test_threshold_fallback_is_labelled_as_such():
 
 
 def test_cancel_stops_segmentation(tiny_card):
-    from SculptorGANLib.errors import CancelledError
+    from SculptorGANLib.core.errors import CancelledError
 
     ct = CTVolume(np.zeros((12, 30, 26), np.float32), Geometry((2.0, 2.0, 2.0)))
     with pytest.raises(CancelledError):
@@ -121,8 +121,8 @@ def test_shipped_model_segments_the_phantom():
     card = find_model("segmentation")
     if card is None or not card.weights_path.is_file():
         pytest.skip("no shipped segmentation model")
-    from SculptorGANLib.metrics import label_metrics
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.measure.metrics import label_metrics
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     ct, truth = make_phantom(seed=3)
     labels, info = segment(ct, device="cpu")

@@ -164,7 +164,7 @@ def test_module_finds_library_and_resources(layout, installed_extension):
     """paths.py, run from the module's own folder, finds the library, the .ui and the models folder."""
     module_dir = MODULE_DIR if layout == "source" else installed_extension[1] / "lib/Slicer-5.13/qt-scripted-modules"
     code = ("import sys, os; sys.path.insert(0, sys.argv[1]); from SculptorGANModuleLib import paths; "
-            "root = paths.ensureLibraryImportable(); import SculptorGANLib, SculptorGANLib.models as m; "
+            "root = paths.ensureLibraryImportable(); import SculptorGANLib, SculptorGANLib.nn.cards as m; "
             "print(root); print(paths.resourcePath('UI/SculptorGAN.ui')); print(SculptorGANLib.__file__); "
             "print(m.MODELS_DIR)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -267,7 +267,7 @@ def test_parameter_node_round_trip(module):
     import slicer
 
     from SculptorGANModuleLib import mrml
-    from SculptorGANLib.volume import CTVolume
+    from SculptorGANLib.core.volume import CTVolume
 
     scene = slicer.mrmlScene
     import numpy as np

@@ -20,8 +20,8 @@ import vtk  # noqa: E402
 def env(oblique_geometry_module):
     scene = slicer_env.new_scene()
     module = slicer_env.import_module()
-    from SculptorGANLib.phantom import make_phantom
-    from SculptorGANLib.volume import CTVolume
+    from SculptorGANLib.synthetic.phantom import make_phantom
+    from SculptorGANLib.core.volume import CTVolume
     from SculptorGANModuleLib import mrml
 
     # the phantom is drawn at the geometry's own (anisotropic) spacing and covers 24 cm in z, so its
@@ -40,7 +40,7 @@ def env(oblique_geometry_module):
 
 @pytest.fixture(scope="module")
 def oblique_geometry_module():
-    from SculptorGANLib.volume import Geometry
+    from SculptorGANLib.core.volume import Geometry
 
     a, b = np.deg2rad(20), np.deg2rad(10)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -78,7 +78,7 @@ def library_reference(env):
 @pytest.fixture(scope="module")
 def found(library_reference):
     """[(segment ID, segment name)] of the structures the segmentation found, in segment order."""
-    from SculptorGANLib.segfile import display_name
+    from SculptorGANLib.io.segfile import display_name
 
     structures = library_reference.structures
     ids = [n for v, n in sorted(structures.labels.items()) if (structures.array == v).any()]
@@ -118,8 +118,8 @@ def test_interpolated_volume_node(env, full_run, library_reference):
 
 
 def test_segmentation_node_segments(env, full_run):
-    from SculptorGANLib.segfile import TERMINOLOGY
-    from SculptorGANLib.volume import STRUCTURE_COLORS
+    from SculptorGANLib.io.segfile import TERMINOLOGY
+    from SculptorGANLib.core.volume import STRUCTURE_COLORS
     from SculptorGANModuleLib import mrml
 
     seg = full_run.segmentationNode
@@ -357,7 +357,7 @@ def test_module_self_test_runs(env):
 
 def test_nothing_found_gives_empty_segments_to_paint(env, tmp_path):
     """A CT without kidneys: the three segments exist (empty, ready to paint); export says why it cannot."""
-    from SculptorGANLib.volume import CTVolume
+    from SculptorGANLib.core.volume import CTVolume
     from SculptorGANModuleLib import mrml
 
     air = mrml.volumeNodeFromCT(CTVolume(np.full((10, 32, 32), -1000, np.float32)), "Air", env["scene"])

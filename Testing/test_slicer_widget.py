@@ -84,7 +84,7 @@ class FakeApp:
 def widget(tmp_path, monkeypatch):
     scene = slicer_env.new_scene()
     module = slicer_env.import_module()
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.synthetic.phantom import make_phantom
     from SculptorGANModuleLib import mrml
 
     calls = {"layers": [], "errors": [], "confirm": []}

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def phantom_file(tmp_path_factory):
-    from SculptorGANLib.io import write_volume
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.io.volumes import write_volume
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     ct, _ = make_phantom(shape=(24, 48, 48), spacing=(6.0, 6.0, 6.0), seed=3)
     path = tmp_path_factory.mktemp("worker") / "input.nrrd"
@@ -144,7 +144,7 @@ def test_worker_client_events(phantom_file, tmp_path):
 
 
 def test_classify_error_kinds():
-    from SculptorGANLib.errors import CancelledError, InputError, SculptorGANError
+    from SculptorGANLib.core.errors import CancelledError, InputError, SculptorGANError
     from SculptorGANLib.slicer_worker import classify
 
     assert classify(CancelledError("cancelled by the user"))[0] == "cancelled"

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from vtk.util.numpy_support import vtk_to_numpy
 
-from SculptorGANLib.anatomy import padded_structure_crops, split_structures
-from SculptorGANLib.meshutil import edge_counts, is_watertight, mesh_arrays, orientation_consistent, signed_volume_mm3
-from SculptorGANLib.phantom import make_phantom, thick_labels
-from SculptorGANLib.shape_interpolation import interpolate_field, shape_interpolate_labels, thick_axis
-from SculptorGANLib.surfaces import labelmap_to_meshes, mask_to_mesh, mesh_volume_ml
-from SculptorGANLib.volume import Geometry, LabelVolume
+from SculptorGANLib.core.anatomy import padded_structure_crops, split_structures
+from SculptorGANLib.surfaces.meshutil import edge_counts, is_watertight, mesh_arrays, orientation_consistent, signed_volume_mm3
+from SculptorGANLib.synthetic.phantom import make_phantom, thick_labels
+from SculptorGANLib.surfaces.shape_interpolation import interpolate_field, shape_interpolate_labels, thick_axis
+from SculptorGANLib.surfaces.meshing import labelmap_to_meshes, mask_to_mesh, mesh_volume_ml
+from SculptorGANLib.core.volume import Geometry, LabelVolume
 
 # A rotated, mirrored (det = -1) direction matrix: columns are the x, y, z index axes in LPS.
 _C, _S = np.cos(0.4), np.sin(0.4)

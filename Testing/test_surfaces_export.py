@@ -8,11 +8,12 @@ import pytest
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from SculptorGANLib.errors import OutputError
-from SculptorGANLib.meshutil import mesh_arrays, signed_volume_mm3
-from SculptorGANLib.phantom import make_phantom
-from SculptorGANLib.surfaces import labelmap_to_meshes, write_mesh, write_meshes
-from SculptorGANLib.volume import STRUCTURE_COLORS
+from SculptorGANLib.core.errors import OutputError
+from SculptorGANLib.surfaces.meshutil import mesh_arrays, signed_volume_mm3
+from SculptorGANLib.synthetic.phantom import make_phantom
+from SculptorGANLib.surfaces.export import write_mesh, write_meshes
+from SculptorGANLib.surfaces.meshing import labelmap_to_meshes
+from SculptorGANLib.core.volume import STRUCTURE_COLORS
 
 
 @pytest.fixture(scope="module")

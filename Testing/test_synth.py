@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from SculptorGANLib.synth import TISSUES, make_layout, render
-from SculptorGANLib.synth.layout import T
+from SculptorGANLib.synthetic import TISSUES, make_layout, render
+from SculptorGANLib.synthetic.layout import T
 
 
 def two_kidneys(shape=(40, 64, 64), spacing=3.0):

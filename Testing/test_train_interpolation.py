@@ -43,12 +43,12 @@ def test_sampler_and_val_set():
 
 def test_generator_training_lowers_loss():
     torch.manual_seed(0)
-    from SculptorGANLib.interp_data import normalize
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.interpolate.context import normalize_hu
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     config = ti.load_config(ti.DEFAULTS, None, ["patch=32", "base_channels=8", "k_min=4", "residual_scale=1.0"])
     ct, _ = make_phantom((24, 32, 32), (4.0, 4.0, 3.0), seed=1, noise_hu=0.0)  # noise-free: the loss can fall
-    sampler = ti.SliceSampler([{"array": normalize(ct.array), "dz": 3.0, "real": True}], config,
+    sampler = ti.SliceSampler([{"array": normalize_hu(ct.array), "dz": 3.0, "real": True}], config,
                               np.random.default_rng(0))
     batch = sampler.batch(8)
     gen = ti.build_models(config)[0]
@@ -100,3 +100,62 @@ def test_resume_with_explicit_lr_sets_both_learning_rates(tmp_path):
     assert asked["state"]["lr"] == 3e-4
     assert [g["lr"] for g in asked["g_opt"]["param_groups"]] == [3e-4 * g.get("lr_mult", 1.0) for g in asked["g_opt"]["param_groups"]]
     assert all(g["lr"] == 2e-4 for g in asked["d_opt"]["param_groups"])
+
+
+def _hand_written_plateau(scores, lr, mults, patience, factor=0.2):
+    """The interpolation trainer's LR rule before it used ReduceLROnPlateau (reference for the test below)."""
+    best, bad, out = -float("inf"), 0, []
+    for score in scores:
+        if score > best + 1e-4:
+            best, bad = score, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                lr, bad = lr * factor, 0
+        out.append([lr * m for m in mults])
+    return out
+
+
+def test_plateau_scheduler_reproduces_the_hand_written_rule():
+    """ReduceLROnPlateau (abs 1e-4 threshold, patience - 1, eps 0) + the blend group at its multiple gives
+    the LR sequence of the old hand-written rule, bit for bit, also for LRs below torch's default eps;
+    an old checkpoint's plateau counters continue the same sequence."""
+    from training.loop import plateau_scheduler, restore_plateau, set_lr
+
+    rng = np.random.default_rng(3)
+    scores = list(np.concatenate([np.linspace(0, 0.5, 5), np.full(7, 0.5), 0.5 + rng.normal(0, 2e-4, 30),
+                                  np.linspace(0.6, 0.2, 6), np.full(12, 0.6001)]))
+    for patience in (1, 2, 3, 5):
+        for lr in (3e-4, 1e-9):
+            expected = _hand_written_plateau(scores, lr, [1.0, 30.0], patience)
+            params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+            opt = torch.optim.Adam([{"params": params[:1], "lr": lr, "lr_mult": 1.0},
+                                    {"params": params[1:], "lr": lr * 30.0, "lr_mult": 30.0}])
+            sched, got = plateau_scheduler(opt, 0.2, patience, absolute=True), []
+            for i, score in enumerate(scores):
+                sched.step(score)
+                set_lr(opt, opt.param_groups[0]["lr"])
+                got.append([g["lr"] for g in opt.param_groups])
+                if i == 20:  # resume from an older checkpoint's counters mid-way
+                    old = {"plateau": sched.num_bad_epochs, "plateau_best": sched.best}
+                    sched = plateau_scheduler(opt, 0.2, patience, absolute=True)
+                    restore_plateau(sched, None, old)
+                    assert old == {}
+            assert got == expected, (patience, lr)
+            assert len({tuple(x) for x in expected}) > 2  # the LR was cut more than once
+
+
+def test_resume_of_a_checkpoint_with_the_hand_written_plateau_state(tmp_path):
+    """A checkpoint from before the scheduler (state['plateau'], state['plateau_best'], no 'scheduler')
+    resumes with those counters: one more epoch that cannot beat the (raised) old best adds one bad epoch."""
+    run = tmp_path / "run"
+    assert ti.main(_args(run, "prune_sparsity=0", "max_epochs=2")) == 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    sched = ckpt.pop("scheduler")
+    ckpt["state"].update(plateau=sched["num_bad_epochs"] + 1, plateau_best=sched["best"] + 5.0)
+    torch.save(ckpt, run / "last.pt")
+    assert ti.main(_args(run, "prune_sparsity=0", "max_epochs=3") + ["--resume"]) == 0
+    kept = torch.load(run / "last.pt", weights_only=True)
+    assert kept["state"]["epoch"] == 3 and "plateau" not in kept["state"] and "plateau_best" not in kept["state"]
+    assert kept["scheduler"]["num_bad_epochs"] == sched["num_bad_epochs"] + 2
+    assert kept["scheduler"]["best"] == sched["best"] + 5.0

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from SculptorGANLib.synth import make_layout
+from SculptorGANLib.synthetic import make_layout
 
 from training import train_segmentation as ts
 
@@ -58,11 +58,11 @@ def test_tiny_run_lowers_loss_resumes_prunes_and_exports(cache, tmp_path):
     # export the last checkpoint to safetensors + card, then load it through the registry and segment
     models = tmp_path / "models"
     ts.main(["--out", str(run), "--export", str(models), "--export-which", "last", "--set", "name=tiny_kidney"])
-    from SculptorGANLib.models import find_model, load_weights
+    from SculptorGANLib.nn.cards import find_model, load_weights
     from SculptorGANLib.nn.pruning import sparsity_report
     from SculptorGANLib.nn.wpunet import build_model
-    from SculptorGANLib.segmentation import segment
-    from SculptorGANLib.volume import CTVolume, Geometry
+    from SculptorGANLib.segment.stage import segment
+    from SculptorGANLib.core.volume import CTVolume, Geometry
 
     card = find_model("segmentation", str(models / "tiny_kidney.json"))
     # the card's validation metrics are those of the exported (last) weights, not of the best-scoring ones
@@ -103,3 +103,64 @@ def test_checkpoint_validation_matches_the_weights_in_the_checkpoint():
     assert ts.checkpoint_validation(best) == {"score": 0.9}
     unvalidated = dict(last, iteration=60)  # written between validations
     assert ts.checkpoint_validation(unvalidated) == {}
+
+
+def _old_crop_patch(arrays, labels, size, rng, fg_prob, pad_value):
+    """The trainer's crop_patch before it used training.cache.sample_patch (reference for the test below)."""
+    shape, size = np.asarray(labels.shape), np.asarray(size)
+    if rng.random() < fg_prob and labels.any():
+        cls = 2 if (labels == 2).any() and rng.random() < 0.4 else 1
+        pts = np.argwhere(labels == cls) if (labels == cls).any() else np.argwhere(labels > 0)
+        centre = pts[rng.integers(len(pts))] + rng.integers(-size // 4, size // 4 + 1)
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start, out = centre - size // 2, []
+    for arr, pv in zip(arrays, pad_value):
+        patch = np.full(tuple(size), pv, dtype=arr.dtype)
+        src = [slice(max(0, a), min(s, a + n)) for a, n, s in zip(start, size, shape)]
+        dst = [slice(sl.start - a, sl.stop - a) for sl, a in zip(src, start)]
+        patch[tuple(dst)] = arr[tuple(src)]
+        out.append(patch)
+    return out
+
+
+def test_trainer_patches_are_the_shared_sample_patch():
+    """sample_patch(tumor_prob=...) draws the trainer's in-memory patches exactly as its former crop_patch:
+    tumor/kidney/other foreground, a case without foreground, patch sizes not divisible by 4, padding."""
+    from training.cache import sample_patch
+    from training.seg_data import TUMOR_PROB
+
+    rng = np.random.default_rng(1)
+    case = image_case(rng)
+    no_tumor = {"image": case["image"], "labels": np.where(case["labels"] == 2, 1, case["labels"]).astype(np.uint8)}
+    only_tumor = {"image": case["image"], "labels": (case["labels"] == 2).astype(np.uint8) * 2}
+    empty = {"image": case["image"], "labels": np.zeros_like(case["labels"])}
+    layout = {"layout": case["labels"] * 3, "labels": case["labels"]}
+    for c in (case, no_tumor, only_tumor, empty, layout):
+        key = "layout" if "layout" in c else "image"
+        pad = 0 if key == "layout" else -1024.0
+        for size in ((21, 63, 63), (16, 32, 32), (30, 50, 50)):
+            for seed in range(40):
+                r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+                img, lab = _old_crop_patch([c[key], c["labels"]], c["labels"], size, r1, 0.67, [pad, 0])
+                new_img, new_lab, _ = sample_patch(c, size, r2, 0.67, pad, jitter=0.25, tumor_prob=TUMOR_PROB,
+                                                   image_key=key)
+                assert np.array_equal(img, new_img) and np.array_equal(lab, new_lab) and img.dtype == new_img.dtype
+                assert r1.random() == r2.random()  # the generators consumed the same draws
+
+
+def test_validation_dice_is_overlap_metrics():
+    """The trainer's validation Dice is metrics.overlap_metrics' (1 for two empty masks, 0 for one empty)."""
+    from SculptorGANLib.measure.metrics import overlap_metrics
+
+    def old_dice(pred, truth):
+        s = pred.sum() + truth.sum()
+        return float(2 * (pred & truth).sum() / s) if s else 1.0
+
+    rng = np.random.default_rng(0)
+    empty = np.zeros((6, 7, 8), bool)
+    pairs = [(empty, empty), (empty, ~empty), (~empty, empty)]
+    pairs += [(rng.random((6, 7, 8)) < p, rng.random((6, 7, 8)) < q) for p, q in ((0.1, 0.5), (0.5, 0.5), (0.9, 0.01))]
+    for pred, truth in pairs:
+        assert overlap_metrics(pred, truth)["dice"] == old_dice(pred, truth)
+    assert overlap_metrics(empty, empty)["dice"] == 1.0 and overlap_metrics(empty, ~empty)["dice"] == 0.0

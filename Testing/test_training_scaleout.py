@@ -58,8 +58,8 @@ def _strip_scaler(path: Path) -> None:
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
     """Synthetic-mode cases: two phantom CTs (HU on the canonical grid) and one tissue layout."""
-    from SculptorGANLib.phantom import make_phantom
-    from SculptorGANLib.synth import make_layout
+    from SculptorGANLib.synthetic.phantom import make_phantom
+    from SculptorGANLib.synthetic import make_layout
 
     root = tmp_path_factory.mktemp("synth")
     for seed in range(2):
@@ -75,8 +75,8 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def kits_data(tmp_path_factory) -> Path:
     """A tiny KiTS19-layout folder: case_*/imaging.nii.gz + segmentation.nii.gz from the phantom."""
-    from SculptorGANLib.io import write_volume
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.io.volumes import write_volume
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     root = tmp_path_factory.mktemp("kits")
     for seed in range(3):

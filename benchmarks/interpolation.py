@@ -10,8 +10,8 @@ Default data: slices 80–111 of ``../shared/data/totalseg/example_ct.nii.gz`` (
 that also forms ``example_ct_sm``), which the shipped model never saw (it trained on slices 0–61 and
 validated on 62–79).
 
-    python benchmarks/interpolation.py                      # prints the table
-    python benchmarks/interpolation.py --markdown benchmarks/results/interpolation.md --json out.json
+    python -m benchmarks.interpolation                      # prints the table
+    python -m benchmarks.interpolation --markdown benchmarks/results/interpolation.md --json out.json
 """
 from __future__ import annotations
 
@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from SculptorGANLib.interpolation import interpolate  # noqa: E402
-from SculptorGANLib.volume import CTVolume  # noqa: E402
+from SculptorGANLib.interpolate.stage import interpolate
+from SculptorGANLib.core.volume import CTVolume
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "totalseg" / "example_ct.nii.gz"
 
@@ -87,7 +85,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from SculptorGANLib.io import read_ct
+    from SculptorGANLib.io.volumes import read_ct
 
     torch.set_num_threads(args.threads)
     if not Path(args.data).exists():
@@ -151,7 +149,7 @@ def main(argv=None) -> int:
                          "slices excluded; all k phases pooled"),
             "evaluation_data": f"{Path(args.data).name} slices {z0}:{z1}",
             "evaluation_data_license": args.data_license,
-            "command": "python benchmarks/interpolation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m benchmarks.interpolation " + " ".join(argv if argv is not None else sys.argv[1:]),
             "results": {key: ({m: (round(float(v), 4) if isinstance(v, float) else v) for m, v in r.items()}
                               if isinstance(r, dict) else round(float(r), 4)) for key, r in results.items()},
         }

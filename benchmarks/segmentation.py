@@ -7,7 +7,7 @@ Prints, and writes as Markdown with ``--md``:
   * seconds per 512×512×200 CT on the CPU (and on CUDA when present), whole ``segment()`` call;
   * optionally PNG overlays on a real CT (``--real-ct``) for visual checking.
 
-    python benchmarks/segmentation.py [--model CARD] [--baseline CARD] [--cache training/cache/synth3mm] \
+    python -m benchmarks.segmentation [--model CARD] [--baseline CARD] [--cache training/cache/synth3mm] \
         [--real-ct ../shared/data/totalseg/example_ct.nii.gz] [--md benchmarks/results/segmentation.md]
 """
 from __future__ import annotations
@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from SculptorGANLib.metrics import label_metrics  # noqa: E402
-from SculptorGANLib.models import find_model  # noqa: E402
-from SculptorGANLib.segmentation import segment  # noqa: E402
-from SculptorGANLib.volume import CTVolume, Geometry, LabelVolume  # noqa: E402
+from SculptorGANLib.measure.metrics import label_metrics
+from SculptorGANLib.nn.cards import find_model
+from SculptorGANLib.segment.stage import segment
+from SculptorGANLib.core.volume import CTVolume, Geometry, LabelVolume
 
 TEST_CASES = [f"case_{i:05d}" for i in list(range(180, 200)) + list(range(205, 210))]
 PHANTOM_SEEDS = (0, 2, 3, 4, 5)
@@ -36,7 +34,7 @@ PHANTOM_SEEDS = (0, 2, 3, 4, 5)
 
 def synthetic_cases(cache: Path, n: int):
     """(name, CT, truth) for held-out KiTS masks rendered in each phase in turn."""
-    from SculptorGANLib.synth import PHASES, render
+    from SculptorGANLib.synthetic import PHASES, render
 
     names = [c for c in TEST_CASES if (cache / f"{c}_v0.npz").is_file()][:n]
     for i, name in enumerate(names):
@@ -49,7 +47,7 @@ def synthetic_cases(cache: Path, n: int):
 
 
 def phantom_cases():
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     for seed in PHANTOM_SEEDS:
         ct, truth = make_phantom(seed=seed)
@@ -75,7 +73,7 @@ def mean(rows, key, tumor_only=False):
 def costs(card) -> dict:
     import torch
 
-    from SculptorGANLib.models import load_weights
+    from SculptorGANLib.nn.cards import load_weights
     from SculptorGANLib.nn.baselines import model_cost
     from SculptorGANLib.nn.pruning import sparsity_report
     from SculptorGANLib.nn.wpunet import build_model
@@ -95,7 +93,7 @@ def big_ct(shape=(200, 512, 512), spacing=(0.78, 0.78, 2.5)) -> CTVolume:
     """A 512×512×200 CT (the demo phantom upsampled) for timing."""
     from scipy import ndimage
 
-    from SculptorGANLib.phantom import make_phantom
+    from SculptorGANLib.synthetic.phantom import make_phantom
 
     ct, _ = make_phantom(seed=0)
     zoom = [s / n for s, n in zip(shape, ct.shape)]
@@ -116,7 +114,7 @@ def overlay(ct: CTVolume, labels: LabelVolume, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from SculptorGANLib.segmentation import resample_array, to_canonical
+    from SculptorGANLib.segment.preprocess import resample_array, to_canonical
 
     hu, geo = to_canonical(ct, ct.spacing, default=-1024)
     lab = resample_array(labels.array, labels.geometry, geo, hu.shape, label=True)
@@ -187,7 +185,7 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
     (args.out / "segmentation_cases.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
     # size and FLOPs
-    from SculptorGANLib.models import ModelCard
+    from SculptorGANLib.nn.cards import ModelCard
 
     wp = costs(card)
     base_card = find_model("segmentation", args.baseline) if args.baseline else ModelCard(
@@ -203,7 +201,7 @@ def main(argv=None) -> int:
         print(lines[-1], flush=True)
     # speed
     if not args.skip_speed:
-        from SculptorGANLib.models import save_model
+        from SculptorGANLib.nn.cards import save_model
         from SculptorGANLib.nn.wpunet import build_model
 
         if not args.baseline:  # untrained baseline weights, timing only
@@ -222,7 +220,7 @@ def main(argv=None) -> int:
                 secs = time_segment(path, ct, dev)
                 lines.append(f"| {label} | {dev} | {secs:.1f} |")
                 print(lines[-1], flush=True)
-        from SculptorGANLib.phantom import make_phantom
+        from SculptorGANLib.synthetic.phantom import make_phantom
 
         ph, _ = make_phantom(seed=0)
         secs = time_segment(str(card.path), ph, "cpu")
@@ -230,8 +228,8 @@ def main(argv=None) -> int:
         print(lines[-1], flush=True)
     # real CT
     if args.real_ct and args.real_ct.is_file():
-        from SculptorGANLib.anatomy import split_structures
-        from SculptorGANLib.io import read_ct
+        from SculptorGANLib.core.anatomy import split_structures
+        from SculptorGANLib.io.volumes import read_ct
 
         ct = read_ct(args.real_ct)
         labels, info = segment(ct, model=str(card.path), device="cpu")

@@ -21,7 +21,7 @@ Speed: a 512×512×~300 multi-label KiTS19 mask, full model set with our methods
 Checks: every model watertight (no boundary / non-manifold edges) and, for structures > 10 mL,
 model volume within 3% of the voxel-count volume (thin masks, default settings).
 
-Usage: python benchmarks/surfaces.py [--cases 00002 00003 ...] [--speed-case 00042] [--out FILE]
+Usage: python -m benchmarks.surfaces [--cases 00002 00003 ...] [--speed-case 00042] [--out FILE]
 """
 from __future__ import annotations
 
@@ -37,16 +37,16 @@ from skimage.measure import marching_cubes
 from vtk.util.numpy_support import vtk_to_numpy
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from SculptorGANLib.anatomy import padded_structure_crops  # noqa: E402
-from SculptorGANLib.io import geometry_from_sitk, read_labels, to_sitk  # noqa: E402
-from SculptorGANLib.measure import measure_structures  # noqa: E402
-from SculptorGANLib.meshutil import edge_counts, mesh_arrays, signed_volume_mm3  # noqa: E402
-from SculptorGANLib.phantom import thick_labels  # noqa: E402
-from SculptorGANLib.shape_interpolation import shape_interpolate  # noqa: E402
-from SculptorGANLib.surfaces import _smooth, _to_physical, labelmap_to_meshes, shifted_geometry  # noqa: E402
-from SculptorGANLib.volume import Geometry, LabelVolume  # noqa: E402
+from SculptorGANLib.core.anatomy import padded_structure_crops
+from SculptorGANLib.io.sitk_bridge import geometry_from_sitk, to_sitk
+from SculptorGANLib.io.volumes import read_labels
+from SculptorGANLib.measure.structures import measure_structures
+from SculptorGANLib.surfaces.meshutil import edge_counts, mesh_arrays, signed_volume_mm3
+from SculptorGANLib.synthetic.phantom import thick_labels
+from SculptorGANLib.surfaces.shape_interpolation import shape_interpolate
+from SculptorGANLib.surfaces.meshing import _smooth, _to_physical, labelmap_to_meshes, shifted_geometry
+from SculptorGANLib.core.volume import Geometry, LabelVolume
 
 DATA = ROOT.parent / "shared" / "data" / "kits19_seg"
 DEFAULT_CASES = ["00002", "00003", "00042", "00067", "00098"]  # 1 mm slices, 512×512 in-plane
@@ -65,7 +65,7 @@ def mc_mesh(mask: np.ndarray, offset: np.ndarray, geometry: Geometry, smoothing:
     verts, faces, _, _ = marching_cubes(mask.astype(np.float32), 0.5, spacing=tuple(geometry.spacing[::-1]))
     points, triangles = verts[:, ::-1].astype(np.float64), faces.astype(np.int64)
     if smoothing > 0:
-        from SculptorGANLib.meshutil import polydata_from_arrays
+        from SculptorGANLib.surfaces.meshutil import polydata_from_arrays
 
         points = mesh_arrays(_smooth(polydata_from_arrays(points, triangles), smoothing))[0]
     return _to_physical(points, triangles, shifted_geometry(geometry, offset), normals=False)

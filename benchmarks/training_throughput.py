@@ -7,9 +7,9 @@ always with the adversarial term); Phase II = ``seg_step`` of ``training/train_s
 forward/backward with Dice+CE, channels-last-3d). Models are built from the
 trainers' DEFAULTS updated by ``--config``/``--set``, so the numbers match a real run's shapes.
 
-    python benchmarks/training_throughput.py                          # both networks, auto device
-    torchrun --nproc_per_node=8 benchmarks/training_throughput.py     # DDP: per-GPU and total samples/s
-    python benchmarks/training_throughput.py --set seg.patch=[64,128,128] --set interp.patch=256 --set batch_size=4
+    python -m benchmarks.training_throughput                          # both networks, auto device
+    torchrun --nproc_per_node=8 -m benchmarks.training_throughput     # DDP: per-GPU and total samples/s
+    python -m benchmarks.training_throughput --set seg.patch=[64,128,128] --set interp.patch=256 --set batch_size=4
 
 On CUDA each network is measured with mixed precision (the trainers' ``amp: true``: autocast in
 bfloat16/float16 + GradScaler) and in float32 (``amp: false``), so the table shows what AMP buys in
@@ -31,10 +31,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from training.common import (DistInfo, amp_enabled, cleanup_distributed, grad_scaler, init_distributed,  # noqa: E402
+from training.common import (DistInfo, amp_enabled, cleanup_distributed, grad_scaler, init_distributed,
                              load_config, mean_across_ranks, wrap_ddp)
 
 

@@ -1,7 +1,7 @@
 """Keeping GPUs fed: cached preprocessing on disk and deterministic patch sampling.
 
 * :func:`prepare_cache` resamples each (image, label) pair once onto the model's canonical grid
-  (``SculptorGANLib.segmentation.to_canonical``: identity LPS direction, the model card's spacing),
+  (``SculptorGANLib.segment.preprocess.to_canonical``: identity LPS direction, the model card's spacing),
   windows/normalizes the image, and writes plain ``.npy`` files (no pickle) plus a small JSON beside
   them, keyed by the source files (path, size, mtime) and the preprocessing parameters. Under torchrun
   every rank prepares its share of the cases, then all wait at a barrier and memory-map the lot, so a
@@ -35,13 +35,13 @@ MAX_FG_POINTS = 200_000
 def canonical_preprocess(spacing: Sequence[float], window: Sequence[float]) -> Callable[[Path, Path | None], dict]:
     """Image → canonical grid at ``spacing`` (x, y, z mm), clipped to ``window`` and mapped to [-1, 1]
     (float32); labels → the same grid, nearest neighbour (uint8). The same steps inference runs."""
-    from SculptorGANLib.io import read_ct, read_labels
-    from SculptorGANLib.segmentation import normalize, to_canonical
+    from SculptorGANLib.io.volumes import read_ct, read_labels
+    from SculptorGANLib.segment.preprocess import normalize_window, to_canonical
 
     def run(image_path: Path, label_path: Path | None) -> dict:
         ct = read_ct(image_path)
         image, geometry = to_canonical(ct, tuple(spacing), default=-1024.0)
-        out = {"image": normalize(image, tuple(window)), "geometry": geometry.to_dict()}
+        out = {"image": normalize_window(image, tuple(window)), "geometry": geometry.to_dict()}
         if label_path is not None:
             labels, _ = to_canonical(read_labels(label_path), tuple(spacing), label=True)
             out["labels"] = labels.astype(np.uint8)
@@ -144,24 +144,46 @@ def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[in
 
 
 def sample_patch(case: dict, size: Sequence[int], rng: np.random.Generator, fg_prob: float = 0.5,
-                 image_pad: float = -1.0, jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """(image patch, label patch or None, centred on foreground?) from a cached case.
+                 image_pad: float = -1.0, jitter: float = 0.0, tumor_prob: float | None = None,
+                 image_key: str = "image") -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(image patch, label patch or None, centred on foreground?) from a case (``case[image_key]``).
 
     With probability ``fg_prob`` (and when the case has foreground) the patch is centred on a random
     foreground voxel (moved by up to ±``jitter``·size), else on a uniformly random voxel; boxes leaving
-    the volume are padded."""
-    image = case["image"]
+    the volume are padded (labels with 0).
+
+    Foreground: by default the cached ``fg_points``. With ``tumor_prob`` (in-memory cases, no
+    ``fg_points``: the segmentation trainer's sampling) it is found in the labels: tumor (label 2) voxels
+    with probability ``tumor_prob`` when the case has any, else kidney (1), else any label; the
+    foreground coin is tossed first, also for a case without foreground, and the move spans
+    ``floor(-jitter·size) .. floor(jitter·size)``."""
+    image = case[image_key]
     size = np.asarray(size, int)
-    points = case.get("fg_points")
-    on_fg = points is not None and len(points) > 0 and rng.random() < fg_prob
-    centre = points[rng.integers(len(points))] if on_fg else np.array([rng.integers(0, s) for s in image.shape])
-    if on_fg and jitter > 0:
-        reach = (size * jitter).astype(int)
-        centre = np.asarray(centre, int) + rng.integers(-reach, reach + 1)
+    if tumor_prob is None:
+        points = case.get("fg_points")
+        on_fg = points is not None and len(points) > 0 and rng.random() < fg_prob
+        centre = points[rng.integers(len(points))] if on_fg else np.array([rng.integers(0, s) for s in image.shape])
+        if on_fg and jitter > 0:
+            reach = (size * jitter).astype(int)
+            centre = np.asarray(centre, int) + rng.integers(-reach, reach + 1)
+    else:
+        centre, on_fg = _label_centre(case["labels"], size, rng, fg_prob, tumor_prob, jitter)
     start = np.asarray(centre, int) - size // 2
     img = crop_with_padding(image, start, size, image_pad)
     lab = crop_with_padding(case["labels"], start, size, 0) if "labels" in case else None
     return img, lab, bool(on_fg)
+
+
+def _label_centre(labels: np.ndarray, size: np.ndarray, rng: np.random.Generator, fg_prob: float,
+                  tumor_prob: float, jitter: float) -> tuple[np.ndarray, bool]:
+    """Patch centre found in ``labels`` (:func:`sample_patch` with ``tumor_prob``)."""
+    on_fg = rng.random() < fg_prob and labels.any()
+    if not on_fg:
+        return np.array([rng.integers(0, s) for s in labels.shape]), False
+    cls = 2 if (labels == 2).any() and rng.random() < tumor_prob else 1
+    pts = np.argwhere(labels == cls) if (labels == cls).any() else np.argwhere(labels > 0)
+    low, high = np.floor(-size * jitter).astype(int), np.floor(size * jitter).astype(int)
+    return pts[rng.integers(len(pts))] + rng.integers(low, high + 1), True
 
 
 class PatchDataset(SeededDataset):

@@ -1,5 +1,5 @@
 """Shared training plumbing: configs (JSON/YAML + CLI overrides), seeding, distributed set-up,
-resumable checkpoints and the run record written beside them.
+resumable checkpoints (the run record beside them: ``training/loop.py``).
 
 Works as a single process and under ``torchrun`` (DDP): gloo on CPU, nccl on CUDA, chosen automatically.
 
@@ -25,8 +25,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from SculptorGANLib.io.atomic import atomic_path
 
 
 # ----------------------------------------------------------------------------- configs
@@ -236,59 +236,15 @@ def cleanup_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------- checkpoints and records
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def git_dirty() -> bool | None:
-    """True when the working tree has uncommitted changes (the revision alone does not pin the code)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
-        return bool(out.stdout.strip()) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def write_run_record(run_dir: Path, config: dict, data_files: list[str], info: DistInfo) -> None:
-    """run.json: config, git revision, data list, world size, command, beside the checkpoints (rank 0 only).
-
-    On a resumed run the earlier records are kept under ``previous`` (newest last)."""
-    if not info.is_main:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "run.json"
-    record = {"config": config, "git_revision": git_revision(), "git_dirty": git_dirty(),
-              "world_size": info.world_size, "device": str(info.device), "command": sys.argv,
-              "host": os.uname().nodename if hasattr(os, "uname") else "",
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "data": data_files}
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        previous = old.pop("previous", [])
-        record["previous"] = previous + [old]
-    except (OSError, ValueError):
-        pass
-    tmp = run_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
+# ----------------------------------------------------------------------------- checkpoints (run.json: training/loop.py)
 def save_checkpoint(path: Path, state: dict, info: DistInfo) -> None:
     """Atomically write a resumable checkpoint (rank 0 only). Contains only tensors and plain data."""
     if not info.is_main:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict | None:

@@ -1,8 +1,8 @@
 """Evaluate kidney/tumor segmentations (the paper's six metrics, box plots, comparison tables).
 
-    python training/evaluate.py PRED GT --out DIR [--name MODEL]        # a file pair or two folders
-    python training/evaluate.py --compare wpunet=DIR1 unet=DIR2 --out table.md
-    python training/evaluate.py --segment CT_DIR --model PATH --pred-out PRED_DIR   # predict first
+    python -m training.evaluate PRED GT --out DIR [--name MODEL]        # a file pair or two folders
+    python -m training.evaluate --compare wpunet=DIR1 unet=DIR2 --out table.md
+    python -m training.evaluate --segment CT_DIR --model PATH --pred-out PRED_DIR   # predict first
 """
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from SculptorGANLib.errors import SculptorGANError
-    from SculptorGANLib.evaluation import comparison_table, evaluate_files
+    from SculptorGANLib.core.errors import SculptorGANError
+    from SculptorGANLib.measure.evaluation import comparison_table, evaluate_files
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pred", nargs="?", help="predicted labelmap file or folder")
@@ -45,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table)
             return 0
         if args.segment:
-            from SculptorGANLib.io import read_ct, stem, write_volume
-            from SculptorGANLib.segmentation import segment
+            from SculptorGANLib.io.volumes import read_ct, stem, write_volume
+            from SculptorGANLib.segment.stage import segment
 
             pred_dir = Path(args.pred_out or Path(args.out) / "predictions")
             pred_dir.mkdir(parents=True, exist_ok=True)

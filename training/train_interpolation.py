@@ -6,9 +6,9 @@ estimate it refines (Algorithm 1 of the paper: discriminator step, then generato
 reconstruction loss). Then the generator is magnitude-pruned and fine-tuned, and the best checkpoint on
 the validation slices is exported as safetensors + model card.
 
-    python training/train_interpolation.py --config training/configs/interpolation_cpu.json --out training/runs/interp
-    python training/train_interpolation.py --out training/runs/interp --resume          # continue
-    torchrun --nproc-per-node 2 training/train_interpolation.py --out ...               # DDP
+    python -m training.train_interpolation --config training/configs/interpolation_cpu.json --out training/runs/interp
+    python -m training.train_interpolation --out training/runs/interp --resume          # continue
+    torchrun --nproc-per-node 2 -m training.train_interpolation --out ...               # DDP
 
 Data entries (``data``, ``val_data``) are files, folders (KiTS19 ``case_*/imaging.nii.gz`` or plain
 folders of .nii/.nii.gz/.nrrd/.mha) or ``FILE:z0:z1`` to use only slices z0 ≤ z < z1 of a file.
@@ -20,12 +20,10 @@ scale and D is idle during the warm-up), saved in the checkpoints; a no-op on CP
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shlex
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,21 +31,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from SculptorGANLib.interpolate.context import pad_to_multiple
+from SculptorGANLib.nn.gan import PatchDiscriminator, SculptorGenerator, count_parameters
+from SculptorGANLib.nn.pruning import apply_magnitude_pruning, sparsity_report
+from training.common import (DistInfo, Logger, amp_call, autocast, broadcast_object, cleanup_distributed,
+                             gather_rng_states, grad_scaler, init_distributed, load_checkpoint, load_config,
+                             mean_across_ranks, override_keys, restore_rng_states, restore_scaler, save_checkpoint,
+                             scaled_step, seed_everything, unwrap, wrap_ddp)
+from training.export import export_best_generator, export_generator
+from training.interp_data import (SliceSampler, build_val_set, expand_data, load_volumes, make_phantoms,
+                                  validation_volumes)
+from training.loading import SeededDataset, epoch_batches, seeded_loader
+from training.loop import (Clock, make_parser, plateau_scheduler, resolve_config, restore_plateau, run_epochs, set_lr,
+                           start_run)
+from training.models import build_models
 
-from SculptorGANLib.interp_data import context_arrays, normalize, pad_to_multiple, spline_at  # noqa: E402
-from SculptorGANLib.models import ModelCard, save_model  # noqa: E402
-from SculptorGANLib.nn.gan import (GENERATOR_ARCH, PatchDiscriminator, SculptorGenerator,  # noqa: E402
-                                   count_parameters)
-from SculptorGANLib.nn.pruning import apply_magnitude_pruning, make_permanent, sparsity_report  # noqa: E402
-from training.common import (DistInfo, Logger, amp_call, autocast, broadcast_object,  # noqa: E402
-                             cleanup_distributed, gather_rng_states, grad_scaler, init_distributed,
-                             load_checkpoint, load_config, mean_across_ranks, override_keys, restore_rng_states,
-                             restore_scaler, save_checkpoint, scaled_step, seed_everything, unwrap, wrap_ddp,
-                             write_run_record)
-from training.loading import SeededDataset, epoch_batches, seeded_loader  # noqa: E402
+__all__ = ["DEFAULTS", "main", "gan_step", "make_g_opt", "make_d_opt", "make_recon_loss", "build_models", "validate",
+           "psnr_hu", "export_generator", "SliceSampler", "build_val_set", "expand_data", "load_volumes",
+           "make_phantoms", "load_config"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULTS: dict = {
     # data
@@ -87,170 +90,8 @@ DEFAULTS: dict = {
 }
 
 
-# ----------------------------------------------------------------------------- data
-def expand_data(entries: list[str]) -> list[tuple[Path, int | None, int | None]]:
-    """(file, z0, z1) for every entry: files, ``FILE:z0:z1``, KiTS19 case folders, plain folders."""
-    out = []
-    for entry in entries:
-        z0 = z1 = None
-        parts = str(entry).split(":")
-        if len(parts) == 3 and parts[1].lstrip("-").isdigit() and parts[2].lstrip("-").isdigit():
-            entry, z0, z1 = parts[0], int(parts[1]), int(parts[2])
-        path = Path(entry)
-        if not path.is_absolute() and not path.exists():
-            path = ROOT / path
-        if path.is_file():
-            out.append((path, z0, z1))
-        elif path.is_dir():
-            kits = sorted(path.glob("case_*/imaging.nii.gz"))
-            files = kits or sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha")))
-            if not files and any(path.glob("*.dcm")):
-                files = [path]  # a DICOM series folder
-            out += [(f, z0, z1) for f in files]
-        else:
-            raise SystemExit(f"{entry}: no such training data file or folder")
-    return out
 
-
-def load_volumes(entries: list[str]) -> list[dict]:
-    from SculptorGANLib.io import read_ct
-
-    vols = []
-    for path, z0, z1 in expand_data(entries):
-        ct = read_ct(path)
-        arr = ct.array[slice(z0, z1)]
-        vols.append({"name": f"{path.name}[{z0}:{z1}]" if z0 is not None else path.name,
-                     "array": normalize(arr), "dz": ct.geometry.spacing[2], "real": True})
-    return vols
-
-
-def make_phantoms(config: dict) -> list[dict]:
-    from SculptorGANLib.phantom import make_phantom
-
-    vols = []
-    for i in range(int(config["phantoms"])):
-        dz = float(config["phantom_z_spacings"][i % len(config["phantom_z_spacings"])])
-        ct, _ = make_phantom(tuple(config["phantom_shape"]), (2.5, 2.5, dz), seed=1000 + i)
-        vols.append({"name": f"phantom_{i}_dz{dz}", "array": normalize(ct.array), "dz": dz, "real": False})
-    return vols
-
-
-def known_positions(nz: int, k: int, rng: np.random.Generator, irregular: bool, k_max: int) -> np.ndarray:
-    """Acquired slice indices: every k-th from a random offset, or random gaps of 1..k_max slices."""
-    offset = int(rng.integers(0, k))
-    if not irregular:
-        return np.arange(offset, nz, k)
-    pos, out = offset, []
-    while pos < nz:
-        out.append(pos)
-        pos += int(rng.integers(1, k_max + 1))
-    return np.array(out)
-
-
-LOCAL_KNOTS = 6
-
-
-class SliceSampler:
-    """Random (context, positions, cubic base, target) training patches from thin volumes."""
-
-    def __init__(self, volumes: list[dict], config: dict, rng: np.random.Generator):
-        if not volumes:
-            raise SystemExit("no training volumes: give data entries or phantoms > 0")
-        self.vols, self.cfg, self.rng = volumes, config, rng
-        real = [i for i, v in enumerate(volumes) if v["real"]]
-        fake = [i for i, v in enumerate(volumes) if not v["real"]]
-        p = np.zeros(len(volumes))
-        if real and fake:
-            p[real] = (1 - config["phantom_prob"]) / len(real)
-            p[fake] = config["phantom_prob"] / len(fake)
-        else:
-            p[:] = 1 / len(volumes)
-        self.p = p
-
-    def _crop(self, arr: np.ndarray, zs: np.ndarray) -> np.ndarray:
-        """Slices ``zs`` of ``arr``, randomly cropped/padded in-plane to the patch size and augmented."""
-        size, rng = int(self.cfg["patch"]), self.rng
-        _, h, w = arr.shape
-        y0 = int(rng.integers(0, max(h - size, 0) + 1))
-        x0 = int(rng.integers(0, max(w - size, 0) + 1))
-        slab = arr[zs, y0:y0 + size, x0:x0 + size]
-        ph, pw = size - slab.shape[1], size - slab.shape[2]
-        if ph or pw:
-            slab = np.pad(slab, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), constant_values=-1.024)
-        if self.cfg["augment"]:
-            if rng.random() < 0.5:
-                slab = slab[:, :, ::-1]
-            if rng.random() < 0.5:
-                slab = slab[:, ::-1]
-            slab = np.rot90(slab, int(rng.integers(0, 4)), axes=(1, 2))
-            jitter = float(self.cfg["intensity_jitter"])
-            if jitter:
-                slab = (slab + 1.0) * float(rng.uniform(1 - jitter, 1 + jitter)) - 1.0
-        return np.ascontiguousarray(slab, dtype=np.float32)
-
-    def sample(self) -> tuple[np.ndarray, ...]:
-        """(context 2n×P×P, positions mm 2n, cubic 1×P×P, target 1×P×P, linear 1×P×P)."""
-        cfg, rng = self.cfg, self.rng
-        while True:
-            vol = self.vols[int(rng.choice(len(self.vols), p=self.p))]
-            arr, dz = vol["array"], vol["dz"]
-            if cfg["augment"] and rng.random() < 0.5:
-                arr = arr[::-1]  # head-feet reversal
-            nz = arr.shape[0]
-            k_hi = min(int(cfg["k_max"]), int(cfg["max_gap_mm"] // dz), nz // 3)
-            if k_hi < max(2, int(cfg["k_min"])):
-                continue
-            k = int(rng.integers(max(2, int(cfg["k_min"])), k_hi + 1))
-            known = known_positions(nz, k, rng, rng.random() < cfg["irregular_prob"], k_hi)
-            gaps_ok = np.setdiff1d(np.arange(known[0] + 1, known[-1]), known) if len(known) >= 2 else []
-            if len(gaps_ok) == 0:
-                continue
-            target = int(gaps_ok[int(rng.integers(0, len(gaps_ok)))])
-            # the cubic B-spline is computed through the nearest LOCAL_KNOTS acquired slices on each side
-            # (its weights decay ~3.7x per knot, so this equals the global spline used at inference to <0.1%)
-            j = int(np.searchsorted(known, target))
-            window = known[max(0, j - LOCAL_KNOTS):j + LOCAL_KNOTS]
-            slab = self._crop(arr, np.append(window, target))
-            kf = window.astype(float)
-            ctx, pos = context_arrays(kf, slab[:-1], float(target), dz, int(cfg["n_side"]))
-            base = spline_at(kf, slab[:-1], np.array([float(target)]))
-            linear = spline_at(kf, slab[:-1], np.array([float(target)]), "linear")
-            return ctx, pos, base, slab[-1:], linear
-
-    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """One sample drawn with ``rng`` (a SeededDataset item, in a DataLoader worker)."""
-        self.rng = rng
-        return self.sample()
-
-    def batch(self, n: int) -> tuple[torch.Tensor, ...]:
-        items = [self.sample() for _ in range(n)]
-        return tuple(torch.from_numpy(np.stack(parts)) for parts in zip(*items))
-
-
-def build_val_set(volumes: list[dict], factors: list[int], n_side: int) -> list[dict]:
-    """Every k-th slice kept (each offset), the others restored; first/last k slices excluded, full slices."""
-    items = []
-    for vol in volumes:
-        arr, dz = vol["array"], vol["dz"]
-        nz = arr.shape[0]
-        for k in factors:
-            for offset in range(k):
-                known = np.arange(offset, nz, k)
-                if len(known) < 2:
-                    continue
-                kf = known.astype(float)
-                targets = [t for t in range(max(known[0] + 1, k), min(known[-1], nz - k)) if (t - offset) % k]
-                if not targets:
-                    continue
-                base = spline_at(kf, arr[known], np.array(targets, float))
-                lin = spline_at(kf, arr[known], np.array(targets, float), "linear")
-                for t, b, li in zip(targets, base, lin):
-                    ctx, pos = context_arrays(kf, arr[known], float(t), dz, n_side)
-                    items.append({"k": k, "ctx": ctx, "pos": pos, "base": b[None], "target": arr[t][None],
-                                  "linear": li[None]})
-    return items
-
-
+# ----------------------------------------------------------------------------- validation
 def psnr_hu(mse_norm: float) -> float:
     """PSNR (data range 4095 HU) from a mean squared error in normalized units (HU/1000)."""
     mse = max(mse_norm * 1e6, 1e-12)
@@ -292,31 +133,8 @@ def validate(generator: torch.nn.Module, items: list[dict], device: torch.device
     return result
 
 
-# ----------------------------------------------------------------------------- export
-def export_generator(state: dict, config: dict, out_dir: Path, extra_training: dict | None = None,
-                     metrics: dict | None = None) -> Path:
-    """Pruning made permanent, float16 safetensors + model card in ``out_dir``; returns the card path."""
-    gen = build_models(config)[0]
-    if any(k.endswith("weight_orig") for k in state):
-        apply_magnitude_pruning(gen, 0.1)  # create the reparametrisation, then load masks + weights
-    gen.load_state_dict(state)
-    make_permanent(gen)
-    report = sparsity_report(gen)
-    card = ModelCard(
-        name=config["model_name"], task="interpolation", architecture=GENERATOR_ARCH,
-        arch_args={k: config[k] for k in ("n_side", "base_channels", "levels", "pos_scale_mm", "residual_scale",
-                                          "use_linear")},
-        preprocessing={"hu_clip": [-1024, 3071], "scale": "HU/1000", "base": "cubic B-spline along z",
-                       "output": "base + residual", "max_gap_mm": config["max_gap_mm"],
-                       "min_gap_mm": config["min_gap_mm"],
-                       "context": f"{config['n_side']} acquired slices each side + distances in mm"},
-        training={**(extra_training or {}), "data_notes": config.get("data_notes", ""), "config": config, "parameters": report["parameters"],
-                  "nonzero_parameters": report["nonzero_parameters"], "wp_sparsity": round(report["wp_sparsity"], 4)},
-        metrics=metrics or {}, license="Apache-2.0", version=str(config["model_version"]))
-    return save_model(gen.state_dict(), card, out_dir, half=True)
 
-
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- one step
 def make_g_opt(gen: SculptorGenerator, config: dict, lr: float) -> torch.optim.Optimizer:
     """Adam (β1 0.5 as in pix2pix); the cubic/linear blend weights get ``blend_lr_mult``× the learning rate."""
     blend = [p for n, p in gen.named_parameters() if n.startswith("blend.")]
@@ -381,196 +199,195 @@ def gan_step(g_net: torch.nn.Module, d_net: torch.nn.Module, g_opt: torch.optim.
     return r_loss, d_loss, loss
 
 
-def build_models(config: dict) -> tuple[SculptorGenerator, PatchDiscriminator]:
-    gen = SculptorGenerator(n_side=config["n_side"], base_channels=config["base_channels"], levels=config["levels"],
-                            pos_scale_mm=config["pos_scale_mm"], residual_scale=config["residual_scale"],
-                            use_linear=config["use_linear"])
-    disc = PatchDiscriminator(n_side=config["n_side"], channels=config["d_channels"], layers=config["d_layers"])
-    return gen, disc
+
+class InterpTrainer:
+    """Phase I in :func:`training.loop.run_epochs`: GAN epochs, validation (PSNR gain over cubic), best
+    checkpoint, LR plateau on the gain, pruning once (at ``prune_epoch``, ``prune_time_fraction`` of the
+    budget, early stop or near ``max_epochs``) then ``prune_finetune_epochs`` of fine-tuning."""
+
+    def __init__(self, config: dict, args, info: DistInfo, log: Logger, sampler: SliceSampler,
+                 rng: np.random.Generator, val_items: list[dict], n_train: int):
+        self.config, self.info, self.log, self.run_dir = config, info, log, Path(args.out)
+        self.sampler, self.rng, self.val_items = sampler, rng, val_items
+        device = info.device
+        self.gen, self.disc = build_models(config)
+        self.gen.to(device)
+        self.disc.to(device)
+        self.g_opt = make_g_opt(self.gen, config, float(config["lr"]))
+        self.d_opt = make_d_opt(self.disc, config)
+        self.amp = bool(config["amp"])
+        self.g_scaler, self.d_scaler = grad_scaler(info, self.amp), grad_scaler(info, self.amp)
+        self.state = {"epoch": 0, "best": -float("inf"), "since_best": 0, "pruned": False, "prune_epoch": None,
+                      "elapsed": 0.0, "lr": float(config["lr"])}
+        self.sched = self._plateau()
+        ckpt = load_checkpoint(self.run_dir / "last.pt", device) if args.resume else None
+        if ckpt is not None:
+            self._resume(ckpt, args.set)
+        self.g_ddp, self.d_ddp = wrap_ddp(self.gen, info), wrap_ddp(self.disc, info)
+        log(f"generator {count_parameters(self.gen)} parameters, discriminator {count_parameters(self.disc)}; "
+            f"{n_train} training volumes, {len(val_items)} validation slices; device {device}, "
+            f"world size {info.world_size}")
+        self.clock = Clock(args.max_minutes or None, self.state["elapsed"])
+        self.iters = max(1, int(config["iters_per_epoch"]) // info.world_size)
+        self.bs, workers = int(config["batch_size"]), int(config["num_workers"])
+        self.loader = seeded_loader(SeededDataset(sampler.draw, self.iters * self.bs * info.world_size,
+                                                  int(config["seed"])),
+                                    self.iters, self.bs, info, int(config["seed"]), workers) if workers > 0 else None
+        self.recon = make_recon_loss(config)
+        self.early = False
+
+    def _plateau(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        """LR × ``plateau_factor`` once ``plateau_patience`` validations in a row did not beat the best gain by 1e-4 dB."""
+        return plateau_scheduler(self.g_opt, float(self.config["plateau_factor"]), int(self.config["plateau_patience"]),
+                                 absolute=True)
+
+    def _resume(self, ckpt: dict, overrides: list[str]) -> None:
+        config, state = self.config, self.state
+        if ckpt["state"]["pruned"]:
+            apply_magnitude_pruning(self.gen, float(config["prune_sparsity"]))
+            self.g_opt = make_g_opt(self.gen, config, float(config["lr"]))
+        self.gen.load_state_dict(ckpt["generator"])
+        self.disc.load_state_dict(ckpt["discriminator"])
+        self.g_opt.load_state_dict(ckpt["g_opt"])
+        self.d_opt.load_state_dict(ckpt["d_opt"])
+        restore_scaler(self.g_scaler, ckpt.get("g_scaler"))  # absent in checkpoints written before AMP
+        restore_scaler(self.d_scaler, ckpt.get("d_scaler"))
+        state.update(ckpt["state"])
+        self.sched = self._plateau()
+        restore_plateau(self.sched, ckpt.get("scheduler"), state)  # older runs: state["plateau"/"plateau_best"]
+        asked = override_keys(overrides)  # --set lr=X / d_lr=X on a resume: train at X from now on
+        if "lr" in asked:
+            state["lr"] = float(config["lr"])
+            set_lr(self.g_opt, state["lr"])
+        if "d_lr" in asked:
+            set_lr(self.d_opt, float(config["d_lr"]))
+        ranks = ckpt.get("rng_ranks") or [{"rng": ckpt["rng"], "np_generator": ckpt["np_generator"]}]  # older runs
+        # each rank's slice-sampler state rides along as the "extra" ("np_generator" in older checkpoints)
+        extra = restore_rng_states([{"rng": r["rng"], "extra": r.get("extra", r.get("np_generator"))} for r in ranks],
+                                   self.info)
+        if extra is not None:
+            self.rng.bit_generator.state = json.loads(extra)
+        self.log(f"resumed from {self.run_dir / 'last.pt'} at epoch {state['epoch']}")
+
+    def save(self, name: str) -> None:
+        state, info = self.state, self.info
+        if name == "best":
+            record = {"generator": unwrap(self.g_ddp).state_dict(), "epoch": state["epoch"], "val": self.val,
+                      "pruned": state["pruned"]}
+        else:
+            record = {"generator": unwrap(self.g_ddp).state_dict(), "discriminator": unwrap(self.d_ddp).state_dict(),
+                      "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(), "state": state,
+                      "g_scaler": self.g_scaler.state_dict(), "d_scaler": self.d_scaler.state_dict(),
+                      "scheduler": self.sched.state_dict(),
+                      "rng_ranks": gather_rng_states(info, extra=json.dumps(self.rng.bit_generator.state))}
+        save_checkpoint(self.run_dir / f"{name}.pt", record, info)
+
+    def train_epoch(self) -> None:
+        config, epoch, info = self.config, self.state["epoch"], self.info
+        use_adv = config["adv_weight"] > 0 and epoch >= int(config["adv_start_epoch"])
+        adv_weight = config["adv_weight"] if use_adv else 0.0
+        totals = np.zeros(3)
+        # in-process: one stream continued across epochs (saved per rank); workers: a stream per epoch
+        batches = epoch_batches(self.loader, epoch) if self.loader else iter(lambda: self.sampler.batch(self.bs), None)
+        for _ in range(self.iters):
+            batch = [t.to(info.device, non_blocking=True) for t in next(batches)]
+            losses = gan_step(self.g_ddp, self.d_ddp, self.g_opt, self.d_opt, self.g_scaler, self.d_scaler, batch,
+                              self.recon, adv_weight, info, self.amp)
+            totals += [value.item() for value in losses]
+        del batches  # DataLoader workers of this epoch end here
+        self.totals = totals / self.iters
+
+    def end_epoch(self) -> None:
+        config, state, info = self.config, self.state, self.info
+        epoch = state["epoch"]
+        state["elapsed"] = broadcast_object(self.clock.elapsed(), info)  # DDP: one clock, same decisions
+        recon_mean = mean_across_ranks(self.totals[0], info)
+        val = validate(unwrap(self.g_ddp), self.val_items, info.device, amp=self.amp) \
+            if epoch % int(config["val_every"]) == 0 else None
+        self.val = val = broadcast_object(val, info)  # DDP: BatchNorm statistics differ per rank; rank 0's metrics decide
+        msg = f"epoch {epoch} recon {recon_mean:.5f} d {self.totals[1]:.4f} lr {state['lr']:.2e}"
+        if val:
+            msg += " | " + " ".join(f"{k} {v:.3f}" for k, v in val.items())
+            if val["gain_db"] > state["best"]:
+                state.update(best=val["gain_db"], since_best=0)
+                self.save("best")
+                msg += " *"
+            else:
+                state["since_best"] += 1
+            self.sched.step(val["gain_db"])
+            state["lr"] = self.g_opt.param_groups[0]["lr"]
+            set_lr(self.g_opt, state["lr"])  # the blend group stays at its multiple of the base LR
+        self.log(msg)
+        # pruning (once), then fine-tuning
+        early = state["since_best"] >= int(config["early_stop"])
+        timed = state["elapsed"] > float(config["prune_time_fraction"]) * (self.clock.budget or math.inf)
+        if not state["pruned"] and config["prune_sparsity"] > 0 and (
+                epoch == int(config["prune_epoch"]) or early or timed
+                or epoch >= int(config["max_epochs"]) - int(config["prune_finetune_epochs"])):
+            apply_magnitude_pruning(unwrap(self.g_ddp), float(config["prune_sparsity"]))
+            self.g_opt = make_g_opt(self.gen, config, state["lr"])
+            self.sched = self._plateau()  # a fresh plateau count for the fine-tuning
+            self.g_ddp = wrap_ddp(self.gen, info)
+            state.update(pruned=True, prune_epoch=epoch, best=-float("inf"), since_best=0)
+            self.log(f"pruned generator to {config['prune_sparsity']:.0%} WP-block sparsity: {sparsity_report(self.gen)}; "
+                     f"fine-tuning (best checkpoint now chosen among pruned ones)")
+        elif early:
+            self.early = True
+
+    def stop_rules(self) -> list:
+        state, finetune = self.state, int(self.config["prune_finetune_epochs"])
+        return [("pruned and fine-tuned", lambda: state["pruned"] and state["prune_epoch"] is not None
+                 and state["epoch"] - state["prune_epoch"] >= finetune),
+                ("early_stop", lambda: self.early), ("max_minutes", lambda: self.clock.out_of_time(self.info))]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="JSON/YAML config file (keys as in DEFAULTS)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.add_argument("--out", default=str(ROOT / "training" / "runs" / "interpolation"), help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+def parse_args(argv=None):
+    p = make_parser(__doc__.split("\n\n")[0], out_default=str(ROOT / "training" / "runs" / "interpolation"))
     p.add_argument("--export", default=None, metavar="DIR", help="export the best generator here at the end")
     p.add_argument("--export-only", action="store_true", help="only export RUN_DIR/best.pt to --export")
     return p.parse_args(argv)
 
 
+def _export_only(args, config: dict, command: str) -> int:
+    if not args.export:
+        raise SystemExit("--export-only needs --export DIR")
+    run_dir, saved = Path(args.out), Path(args.out) / "run.json"
+    record = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    train_cmd = (run_dir / "command.txt").read_text(encoding="utf-8").strip() if (run_dir / "command.txt").is_file() else None
+    card = export_best_generator(run_dir, config, Path(args.export), lambda best: {
+        "command": train_cmd, "export_command": command, "best_epoch": best.get("epoch"), "pruned": best.get("pruned"),
+        "validation": best.get("val"), "git_revision": record.get("git_revision"), "data": record.get("data")})
+    print(f"exported {card}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     run_dir = Path(args.out)
-    saved = run_dir / "run.json"
-    if (args.resume or args.export_only) and saved.is_file() and not args.config:
-        config = load_config(DEFAULTS, None, None)
-        config.update(json.loads(saved.read_text(encoding="utf-8"))["config"])
-        config = load_config(config, None, args.set)
-    else:
-        config = load_config(DEFAULTS, args.config, args.set)
-    command = "python training/train_interpolation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-
+    config = resolve_config(DEFAULTS, args, args.resume or args.export_only)
+    command = "python -m training.train_interpolation " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.export_only:
-        if not args.export:
-            raise SystemExit("--export-only needs --export DIR")
-        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-        record = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
-        train_cmd = (run_dir / "command.txt").read_text(encoding="utf-8").strip() if (run_dir / "command.txt").is_file() else None
-        card = export_generator(best["generator"], config, Path(args.export),
-                                {"command": train_cmd, "export_command": command, "best_epoch": best.get("epoch"),
-                                 "pruned": best.get("pruned"), "validation": best.get("val"),
-                                 "git_revision": record.get("git_revision"), "data": record.get("data")}, None)
-        print(f"exported {card}")
-        return 0
+        return _export_only(args, config, command)
 
     torch.set_num_threads(int(config["threads"]))
     info: DistInfo = init_distributed(config["device"])
-    device = info.device
     seed_everything(int(config["seed"]) + info.rank)
     rng = np.random.default_rng(int(config["seed"]) + 7919 * info.rank)
     log = Logger(run_dir, info)
-
     train_vols = load_volumes(config["data"]) + make_phantoms(config)
-    val_vols = load_volumes(config["val_data"]) if config["val_data"] else make_phantoms(
-        {**config, "phantoms": 1, "phantom_z_spacings": [2.0]})
-    if not config["val_data"]:
-        for v in val_vols:  # a phantom seed not used for training
-            from SculptorGANLib.phantom import make_phantom
-
-            ct, _ = make_phantom(tuple(config["phantom_shape"]), (2.5, 2.5, v["dz"]), seed=99)
-            v["array"] = normalize(ct.array)
+    val_vols = validation_volumes(config)
     sampler = SliceSampler(train_vols, config, rng)
     val_items = build_val_set(val_vols, list(config["val_factors"]), int(config["n_side"]))
-    write_run_record(run_dir, config, [v["name"] for v in train_vols] + ["val:" + v["name"] for v in val_vols], info)
-    if info.is_main:
-        with open(run_dir / "command.txt", "a", encoding="utf-8") as handle:
-            handle.write(command + "\n")
-
-    gen, disc = build_models(config)
-    gen.to(device)
-    disc.to(device)
-    g_opt = make_g_opt(gen, config, float(config["lr"]))
-    d_opt = make_d_opt(disc, config)
-    amp = bool(config["amp"])
-    g_scaler, d_scaler = grad_scaler(info, amp), grad_scaler(info, amp)
-    state = {"epoch": 0, "best": -float("inf"), "since_best": 0, "pruned": False, "prune_epoch": None,
-             "elapsed": 0.0, "lr": float(config["lr"]), "plateau": 0, "plateau_best": -float("inf")}
-    ckpt = load_checkpoint(run_dir / "last.pt", device) if args.resume else None
-    if ckpt is not None:
-        if ckpt["state"]["pruned"]:
-            apply_magnitude_pruning(gen, float(config["prune_sparsity"]))
-            g_opt = make_g_opt(gen, config, float(config["lr"]))
-        gen.load_state_dict(ckpt["generator"])
-        disc.load_state_dict(ckpt["discriminator"])
-        g_opt.load_state_dict(ckpt["g_opt"])
-        d_opt.load_state_dict(ckpt["d_opt"])
-        restore_scaler(g_scaler, ckpt.get("g_scaler"))  # absent in checkpoints written before AMP
-        restore_scaler(d_scaler, ckpt.get("d_scaler"))
-        state.update(ckpt["state"])
-        asked = override_keys(args.set)  # --set lr=X / d_lr=X on a resume: train at X from now on
-        if "lr" in asked:
-            state["lr"] = float(config["lr"])
-            for group in g_opt.param_groups:
-                group["lr"] = state["lr"] * group.get("lr_mult", 1.0)
-        if "d_lr" in asked:
-            for group in d_opt.param_groups:
-                group["lr"] = float(config["d_lr"])
-        ranks = ckpt.get("rng_ranks") or [{"rng": ckpt["rng"], "np_generator": ckpt["np_generator"]}]  # older runs
-        # each rank's slice-sampler state rides along as the "extra" ("np_generator" in older checkpoints)
-        extra = restore_rng_states([{"rng": r["rng"], "extra": r.get("extra", r.get("np_generator"))} for r in ranks], info)
-        if extra is not None:
-            rng.bit_generator.state = json.loads(extra)
-        log(f"resumed from {run_dir / 'last.pt'} at epoch {state['epoch']}")
-    g_ddp, d_ddp = wrap_ddp(gen, info), wrap_ddp(disc, info)
-    log(f"generator {count_parameters(gen)} parameters, discriminator {count_parameters(disc)}; "
-        f"{len(train_vols)} training volumes, {len(val_items)} validation slices; device {device}, "
-        f"world size {info.world_size}")
-
-    budget = (args.max_minutes or float("inf")) * 60
-    start = time.time() - state["elapsed"]
-    iters = max(1, int(config["iters_per_epoch"]) // info.world_size)
-    bs, workers = int(config["batch_size"]), int(config["num_workers"])
-    loader = seeded_loader(SeededDataset(sampler.draw, iters * bs * info.world_size, int(config["seed"])),
-                           iters, bs, info, int(config["seed"]), workers) if workers > 0 else None
-    recon = make_recon_loss(config)
-    stop_reason = "max_epochs"
-    while state["epoch"] < int(config["max_epochs"]):
-        epoch = state["epoch"]
-        use_adv = config["adv_weight"] > 0 and epoch >= int(config["adv_start_epoch"])
-        adv_weight = config["adv_weight"] if use_adv else 0.0
-        totals = np.zeros(3)
-        # in-process: one stream continued across epochs (saved per rank); workers: a stream per epoch
-        batches = epoch_batches(loader, epoch) if loader else iter(lambda: sampler.batch(bs), None)
-        for _ in range(iters):
-            batch = [t.to(device, non_blocking=True) for t in next(batches)]
-            losses = gan_step(g_ddp, d_ddp, g_opt, d_opt, g_scaler, d_scaler, batch, recon, adv_weight, info, amp)
-            totals += [value.item() for value in losses]
-        del batches  # DataLoader workers of this epoch end here
-        totals /= iters
-        state["epoch"] = epoch = epoch + 1
-        state["elapsed"] = broadcast_object(time.time() - start, info)  # DDP: one clock, same decisions
-        recon_mean = mean_across_ranks(totals[0], info)
-        val = validate(unwrap(g_ddp), val_items, device, amp=amp) if epoch % int(config["val_every"]) == 0 else None
-        val = broadcast_object(val, info)  # DDP: BatchNorm statistics differ per rank; rank 0's metrics decide
-        msg = f"epoch {epoch} recon {recon_mean:.5f} d {totals[1]:.4f} lr {state['lr']:.2e}"
-        if val:
-            msg += " | " + " ".join(f"{k} {v:.3f}" for k, v in val.items())
-            if val["gain_db"] > state["best"]:
-                state.update(best=val["gain_db"], since_best=0)
-                save_checkpoint(run_dir / "best.pt", {"generator": unwrap(g_ddp).state_dict(), "epoch": epoch,
-                                                      "val": val, "pruned": state["pruned"]}, info)
-                msg += " *"
-            else:
-                state["since_best"] += 1
-            # reduce LR ×plateau_factor after plateau_patience epochs without improvement
-            if val["gain_db"] > state["plateau_best"] + 1e-4:
-                state.update(plateau_best=val["gain_db"], plateau=0)
-            else:
-                state["plateau"] += 1
-                if state["plateau"] >= int(config["plateau_patience"]):
-                    state.update(lr=state["lr"] * float(config["plateau_factor"]), plateau=0)
-                    for group in g_opt.param_groups:
-                        group["lr"] = state["lr"] * group.get("lr_mult", 1.0)
-        log(msg)
-        # pruning (once), then fine-tuning
-        early = state["since_best"] >= int(config["early_stop"])
-        timed = state["elapsed"] > float(config["prune_time_fraction"]) * budget
-        if not state["pruned"] and config["prune_sparsity"] > 0 and (
-                epoch == int(config["prune_epoch"]) or early or timed
-                or epoch >= int(config["max_epochs"]) - int(config["prune_finetune_epochs"])):
-            apply_magnitude_pruning(unwrap(g_ddp), float(config["prune_sparsity"]))
-            g_opt = make_g_opt(gen, config, state["lr"])
-            g_ddp = wrap_ddp(gen, info)
-            state.update(pruned=True, prune_epoch=epoch, best=-float("inf"), since_best=0, plateau=0,
-                         plateau_best=-float("inf"))
-            log(f"pruned generator to {config['prune_sparsity']:.0%} WP-block sparsity: {sparsity_report(gen)}; "
-                f"fine-tuning (best checkpoint now chosen among pruned ones)")
-        elif early:
-            stop_reason = "early_stop"
-        save_checkpoint(run_dir / "last.pt", {
-            "generator": unwrap(g_ddp).state_dict(), "discriminator": unwrap(d_ddp).state_dict(),
-            "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "state": state,
-            "g_scaler": g_scaler.state_dict(), "d_scaler": d_scaler.state_dict(),
-            "rng_ranks": gather_rng_states(info, extra=json.dumps(rng.bit_generator.state))}, info)
-        if state["pruned"] and state["prune_epoch"] is not None and \
-                epoch - state["prune_epoch"] >= int(config["prune_finetune_epochs"]):
-            stop_reason = "pruned and fine-tuned"
-            break
-        if stop_reason == "early_stop":
-            break
-        if broadcast_object(time.time() - start > budget, info):  # DDP: all ranks stop together
-            stop_reason = "max_minutes"
-            break
+    start_run(run_dir, config, [v["name"] for v in train_vols] + ["val:" + v["name"] for v in val_vols], info, command)
+    trainer = InterpTrainer(config, args, info, log, sampler, rng, val_items, len(train_vols))
+    state = trainer.state
+    stop_reason = run_epochs(trainer, state, int(config["max_epochs"]), info)
     log(f"stopped: {stop_reason} after {state['epoch']} epochs, {state['elapsed'] / 60:.1f} min; best gain "
         f"{state['best']:.3f} dB")
     if args.export and info.is_main and (run_dir / "best.pt").is_file():
-        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-        card = export_generator(best["generator"], config, Path(args.export),
-                                {"command": command, "best_epoch": best["epoch"], "validation": best["val"],
-                                 "data": [v["name"] for v in train_vols], "val_data": [v["name"] for v in val_vols]})
+        card = export_best_generator(run_dir, config, Path(args.export), lambda best: {
+            "command": command, "best_epoch": best["epoch"], "validation": best["val"],
+            "data": [v["name"] for v in train_vols], "val_data": [v["name"] for v in val_vols]})
         log(f"exported {card}")
     cleanup_distributed(info)
     return 0

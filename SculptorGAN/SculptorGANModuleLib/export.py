@@ -1,6 +1,6 @@
 """Measurements of a (possibly hand-corrected) segmentation node and model export.
 
-Measurements are the library's (:func:`SculptorGANLib.measure.measure_structures`) computed on the
+Measurements are the library's (:func:`SculptorGANLib.measure.structures.measure_structures`) computed on the
 segments as they are now — each segment's own voxels on the reference grid plus its closed surface
 from Slicer — so edits made in the Segment Editor are reflected. They become a Slicer table node and
 a CSV file; models are written by Slicer's segmentation logic (STL per segment or one OBJ, LPS or RAS).
@@ -50,7 +50,7 @@ def segmentLabels(segNode, referenceVolumeNode):
     Values follow the library's convention so :func:`measure_structures` keeps our names: tumor is 2
     and every other segment gets its own value ≥ 3 under its segment ID (kidney_left, kidney_right…).
     """
-    from SculptorGANLib.volume import TUMOR, LabelVolume
+    from SculptorGANLib.core.volume import TUMOR, LabelVolume
 
     array, geometry, names, meshes = None, None, {}, {}
     nextValue = 3
@@ -73,7 +73,7 @@ def segmentLabels(segNode, referenceVolumeNode):
 
 
 def measure(segNode, referenceVolumeNode) -> dict:
-    from SculptorGANLib.measure import measure_structures
+    from SculptorGANLib.measure.structures import measure_structures
 
     labels, meshes = segmentLabels(segNode, referenceVolumeNode)
     return measure_structures(labels, meshes)
@@ -163,6 +163,6 @@ def _hasSurface(segNode, segmentId: str) -> bool:
 
 
 def writeMeasurementsCSV(measurements: dict, path: str) -> str:
-    from SculptorGANLib.measure import write_measurements_csv
+    from SculptorGANLib.measure.structures import write_measurements_csv
 
     return str(write_measurements_csv(measurements, path))

@@ -19,7 +19,7 @@ STRUCTURES = ("kidney_left", "kidney_right", "tumor")  # always present as segme
 # ----------------------------------------------------------------------------- geometry
 def geometryFromVolumeNode(volumeNode):
     """The node's voxel grid as a library ``Geometry`` (LPS)."""
-    from SculptorGANLib.volume import Geometry
+    from SculptorGANLib.core.volume import Geometry
 
     directions = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASDirectionMatrix(directions)
@@ -50,8 +50,8 @@ def ijkToRAS(volumeNode) -> np.ndarray:
 # ----------------------------------------------------------------------------- volumes
 def ctVolumeFromNode(volumeNode):
     """A library ``CTVolume`` (float32 HU copy) of a scalar volume node."""
-    from SculptorGANLib.errors import InputError
-    from SculptorGANLib.volume import CTVolume
+    from SculptorGANLib.core.errors import InputError
+    from SculptorGANLib.core.volume import CTVolume
 
     imageData = volumeNode.GetImageData() if volumeNode is not None else None
     if imageData is None:
@@ -120,8 +120,8 @@ def segmentationNodeFromLabels(structures, referenceVolumeNode, name: str, scene
     label names); the three kidney/tumor segments always exist, empty when nothing was found, so they
     can be painted in the Segment Editor. The reference geometry is ``referenceVolumeNode``'s grid.
     """
-    from SculptorGANLib.segfile import TERMINOLOGY, display_name
-    from SculptorGANLib.volume import STRUCTURE_COLORS
+    from SculptorGANLib.io.segfile import TERMINOLOGY, display_name
+    from SculptorGANLib.core.volume import STRUCTURE_COLORS
 
     segNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
     segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)

@@ -1,0 +1,1 @@
+"""Core types: volumes with geometry, structures and their label encoding, options, errors, device choice."""

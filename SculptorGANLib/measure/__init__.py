@@ -1,0 +1,1 @@
+"""Measurements of structures and evaluation metrics against references."""
