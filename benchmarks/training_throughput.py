@@ -2,8 +2,8 @@
 
 Each step is the trainer's own step function on synthetic batches of the configured size (data loading
 excluded, so this is the rate the data pipeline has to keep up with): Phase I = ``gan_step`` of
-``training/train_interpolation.py`` (discriminator step + generator step, LSGAN + reconstruction loss,
-always with the adversarial term); Phase II = ``seg_step`` of ``training/train_segmentation.py`` (WP-UNet
+``training.train_interpolation`` (discriminator step + generator step, LSGAN + reconstruction loss,
+always with the adversarial term); Phase II = ``seg_step`` of ``training.train_segmentation`` (WP-UNet
 forward/backward with Dice+CE, channels-last-3d). Models are built from the
 trainers' DEFAULTS updated by ``--config``/``--set``, so the numbers match a real run's shapes.
 

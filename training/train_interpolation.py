@@ -17,6 +17,10 @@ folders of .nii/.nii.gz/.nrrd/.mha) or ``FILE:z0:z1`` to use only slices z0 ≤ 
 (seed, e, i), ``training/loading.py``); 0 draws them in the training process as before. ``amp`` (default
 true) runs both networks under autocast on CUDA with one GradScaler per network (D and G losses differ in
 scale and D is idle during the warm-up), saved in the checkpoints; a no-op on CPU.
+
+Parts: this file holds the step (``gan_step``), validation and the trainer's hooks (:class:`InterpTrainer`);
+the data are ``training/interp_data.py``, the networks ``training/models.py``, the export
+``training/export.py``, and the command line, run folder, LR plateau and epoch loop ``training/loop.py``.
 """
 from __future__ import annotations
 

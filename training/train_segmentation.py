@@ -25,6 +25,11 @@ blocks' depthwise/pointwise weights ramps up to ``sparsity`` and is followed by 
     python -m training.train_segmentation --out training/runs/seg --export Resources/Models \
         --set name=wpunet_kidney                                                        # model card + weights
     torchrun --nproc_per_node 2 -m training.train_segmentation --config ...            # DDP
+
+Parts: this file holds the step (``seg_step``), validation and the trainer's hooks (:class:`SegTrainer`);
+the data are ``training/seg_data.py`` (patches: ``training/cache.py``), the network ``training/models.py``,
+the export ``training/export.py``, and the command line, run folder, LR plateau and epoch loop
+``training/loop.py``.
 """
 from __future__ import annotations
 
