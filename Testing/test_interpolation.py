@@ -29,21 +29,26 @@ def oblique(phantom):
     return CTVolume(phantom.array[::2].copy(), geo, name="oblique")
 
 
+TINY_ARGS = {"n_side": 2, "base_channels": 4, "levels": 2, "pos_scale_mm": 10.0, "residual_scale": 0.25,
+             "use_linear": True}
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A small generator with a non-zero head, exported like the shipped model."""
+    """A small original (WP-UNet) generator with a non-zero head, saved with a card like a shipped model."""
     import torch
 
-    from training.train_interpolation import DEFAULTS, build_models, export_generator
+    from SculptorGANLib.nn.cards import ModelCard, save_model
+    from SculptorGANLib.nn.gan import GENERATOR_ARCH, build_generator
 
     torch.manual_seed(0)
-    config = {**DEFAULTS, "base_channels": 4, "levels": 2, "model_name": "tiny_interp", "max_gap_mm": 16.0,
-              "min_gap_mm": 1.0}
-    gen = build_models(config)[0]
+    args = TINY_ARGS
+    gen = build_generator(args)
     torch.nn.init.normal_(gen.head.weight, std=0.05)
     torch.nn.init.constant_(gen.blend.bias, 0.3)  # part-way between cubic and linear
-    out = tmp_path_factory.mktemp("models")
-    return export_generator(gen.state_dict(), config, out, {"command": "test"})
+    card = ModelCard(name="tiny_interp", task="interpolation", architecture=GENERATOR_ARCH, arch_args=args,
+                     preprocessing={"max_gap_mm": 16.0, "min_gap_mm": 1.0}, license="Apache-2.0", version="t")
+    return save_model(gen.state_dict(), card, tmp_path_factory.mktemp("models"))
 
 
 def _z_of_slice(volume, i):
@@ -157,19 +162,20 @@ def test_progress_cancel_enhance_smoothing(phantom, tiny_model):
 
 
 def test_inplane_tiling_matches_whole_slice(phantom, tiny_model):
-    import torch
-
-    from SculptorGANLib.interpolate.context import context_arrays, normalize_hu
-    from SculptorGANLib.interpolate.stage import _forward, load_generator
+    """Tiles (bounded memory) give the untiled result within tolerance, for the original generator too."""
+    from SculptorGANLib.interpolate.context import normalize_hu
+    from SculptorGANLib.interpolate.learned import predict
+    from SculptorGANLib.interpolate.stage import load_generator
 
     net, _ = load_generator(str(tiny_model))
     known = np.arange(0, 24, 3).astype(float)
     slices = normalize_hu(phantom.array[::3])
-    ctx, pos = context_arrays(known, slices, 7.0, 2.0)
-    base, lin = slices[2:3], 0.5 * (slices[2:3] + slices[3:4])
-    args = (net, ctx[None], base[None], pos[None], torch.device("cpu"), False)
-    whole = _forward(*args, None, linear=lin[None])
-    tiled = _forward(*args, 24, overlap=8, linear=lin[None])
-    assert tiled.shape == whole.shape == (1, 40, 40)
+    targets = np.array([7.0, 8.0, 13.5])
+    whole = predict(net, known, slices, targets, 2.0, batch_size=2)
+    tiled = predict(net, known, slices, targets, 2.0, batch_size=2, tile=24, overlap=8)
+    assert tiled.shape == whole.shape == (3, 40, 40)
+    from SculptorGANLib.nn.gan import build_generator
+
+    base = predict(build_generator(TINY_ARGS).eval(), known, slices, targets, 2.0)  # zero head: the cubic estimate
     resid = np.abs(whole - base).mean()
     assert resid > 0 and np.abs(tiled - whole).mean() < 0.5 * resid

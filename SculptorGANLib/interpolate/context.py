@@ -52,6 +52,17 @@ def spline_at(known: np.ndarray, slices: np.ndarray, targets: np.ndarray, method
     return spline(np.clip(targets, known[0], known[-1])).astype(np.float32)
 
 
+def spline_weights(known: np.ndarray, targets: np.ndarray, method: str = "cubic") -> np.ndarray:
+    """Weights (targets × known) of the interpolating spline (``spline_at`` is linear in the slices):
+    ``spline_at(known, slices, targets) == tensordot(spline_weights(known, targets), slices, 1)``."""
+    known = np.asarray(known, float)
+    if len(known) == 1:
+        return np.ones((len(targets), 1))
+    degree = 1 if method == "linear" or len(known) < 4 else 3
+    spline = make_interp_spline(known, np.eye(len(known)), k=degree, axis=0)
+    return spline(np.clip(np.asarray(targets, float), known[0], known[-1]))
+
+
 def local_spline(known: np.ndarray, slices: np.ndarray, target: float, halfwidth: int = 6,
                  method: str = "cubic") -> np.ndarray:
     """Spline through a window of ``halfwidth`` acquired slices each side of ``target`` (cheap, local)."""

@@ -2,14 +2,19 @@
 
 Methods:
 
-* ``gan`` — SculptorGAN (``nn/gan.py``): a 2D WP-UNet generator, conditioned on the two acquired slices
-  on each side of the gap and on the target's distance to them in millimetres, refines the cubic
-  B-spline estimate of each new slice (it predicts a residual). Default when shipped weights exist.
-* ``cubic`` (B-spline along z) and ``linear`` — classical baselines, and the fallback when no weights
-  exist or where the network was not trained (gaps wider than its card's ``max_gap_mm``).
+* default (``method=None`` or ``'auto'``): the network where this scan shows it beats cubic. Every other
+  acquired slice is held back, restored by the network and by cubic from the rest, and compared
+  (``selfcheck.py``); when the network does not win, every new slice comes from cubic and
+  ``info['decision']`` says why. "Never worse than cubic" on the scan's own data.
+* ``gan`` — the SculptorGAN generator (``nn/fastgen.py``; older ``nn/gan.py`` cards still load),
+  conditioned on the two acquired slices on each side of the gap, their distances in mm and the slice
+  thickness when known, refines the cubic B-spline estimate of each new slice (a residual), always.
+* ``cubic`` (B-spline along z) and ``linear`` — classical baselines; cubic is also the fallback where the
+  model has no weights or was not trained (gaps wider than its card's ``max_gap_mm``).
 
-Acquired slices are copied unchanged unless ``enhance=True``. The output grid starts at the first
-input slice: slice i lies at ``origin + direction[:, z] · i · spacing``.
+``info['slices_by_method']`` counts the synthesized slices each method made. Acquired slices are copied
+unchanged unless ``enhance=True``. The output grid starts at the first input slice: slice i lies at
+``origin + direction[:, z] · i · spacing``.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from ..core.volume import CTVolume
 log = logging.getLogger(__name__)
 
 CLASSICAL_METHODS = ("linear", "cubic")
-METHODS = ("gan",) + CLASSICAL_METHODS
+METHODS = ("auto", "gan") + CLASSICAL_METHODS
 
 
 @dataclass
@@ -94,133 +99,104 @@ def gan_available(model: str | None = None) -> bool:
         return False
 
 
-def load_generator(model: str | None = None, device=None):
-    """(generator in eval mode, its model card) for a shipped model name, a card path, or the default."""
+def load_generator(model: str | None = None, device=None, fast: bool = True):
+    """(generator ready for inference, its model card) for a shipped model name, a card path, or the default.
+
+    ``fast``: batch norm folded into the convolutions and channels-last layout (CPU speed)."""
     from ..nn.cards import find_model, load_into
+    from ..nn.fastgen import FAST_ARCH, build_fast_generator, prepare_for_inference
     from ..nn.gan import GENERATOR_ARCH, build_generator
 
     card = find_model("interpolation", model)
     if card is None:
         raise InputError("no SculptorGAN interpolation model is installed (Resources/Models)")
-    if card.architecture != GENERATOR_ARCH:
-        raise InputError(f"{card.path}: architecture {card.architecture!r} is not {GENERATOR_ARCH!r}")
-    net = load_into(build_generator(card.arch_args), card)
+    builders = {FAST_ARCH: build_fast_generator, GENERATOR_ARCH: build_generator}
+    if card.architecture not in builders:
+        raise InputError(f"{card.path}: architecture {card.architecture!r} is not one of {sorted(builders)}")
+    net = load_into(builders[card.architecture](card.arch_args), card)
+    if fast:
+        net = prepare_for_inference(net, channels_last=getattr(device, "type", "cpu") == "cpu")
     if device is not None:
         net.to(device)
     return net, card
 
 
-def _forward(net, ctx, base, pos, device, amp: bool, tile: int | None, overlap: int = 32, linear=None):
-    """Generator on one batch (numpy in, numpy out), padded to the network's multiple; tiled in-plane if asked.
-
-    ``base`` (and ``linear`` for generators that use it) are B×1×H×W classical estimates."""
-    import torch
-
-    from .context import pad_to_multiple
-
-    air = -1.024
-    h, w = ctx.shape[-2:]
-    pos_t = torch.from_numpy(pos).to(device)
-
-    n_ctx = ctx.shape[1]
-    stack = np.concatenate([ctx, base] + ([linear] if linear is not None else []), axis=1)
-
-    def run(part: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(part)).to(device)
-        x, (hh, ww) = pad_to_multiple(x, net.multiple, air)
-        lin = x[:, n_ctx + 1:n_ctx + 2] if linear is not None else None
-        with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            y = net(x[:, :n_ctx], x[:, n_ctx:n_ctx + 1], pos_t, lin)
-        return y[:, 0, :hh, :ww].float().cpu().numpy()
-
-    if not tile or (h <= tile and w <= tile):
-        return run(stack)
-    out = np.empty((ctx.shape[0], h, w), np.float32)
-    step = tile - 2 * overlap
-    for y0 in range(0, h, step):
-        for x0 in range(0, w, step):
-            ys, xs = max(0, y0 - overlap), max(0, x0 - overlap)
-            ye, xe = min(h, y0 + step + overlap), min(w, x0 + step + overlap)
-            pred = run(stack[..., ys:ye, xs:xe])
-            ty, tx = min(h, y0 + step), min(w, x0 + step)
-            out[:, y0:ty, x0:tx] = pred[:, y0 - ys:ty - ys, x0 - xs:tx - xs]
-    return out
-
-
-def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net, card, device, enhance: bool,
-                enhance_weight: float, batch_size: int | None, tile: int | None, progress, cancel) -> tuple[np.ndarray, dict]:
-    """Refine ``base_hu`` (cubic) at synthesized positions with the generator; optionally enhance acquired slices."""
-    from .context import context_arrays, denormalize_hu, local_spline, normalize_hu
-
-    dz = ct.geometry.spacing[2]
+def _jobs(plan: InterpolationPlan, dz: float, card, enhance: bool) -> tuple[list, dict]:
+    """(target index, leave-one-out?) pairs for the network, and counts of slices left to cubic."""
     known = plan.known.astype(float)
-    slices = normalize_hu(ct.array[plan.known])
-    n_side = net.n_side
     max_gap = float(card.preprocessing.get("max_gap_mm", np.inf)) if card else np.inf
     min_gap = float(card.preprocessing.get("min_gap_mm", 0.0)) if card else 0.0
     exact = _exact_known(plan)
     inside = (plan.targets > known[0]) & (plan.targets < known[-1])
-    jobs, skipped_wide, skipped_narrow = [], 0, 0
+    jobs, skipped = [], {"gap_too_wide": 0, "gap_too_narrow": 0, "outside": 0}
     for i, t in enumerate(plan.targets):
         if exact[i]:
             if enhance and inside[i] and len(known) >= 3:
                 jobs.append((i, True))
             continue
         if not inside[i]:
+            skipped["outside"] += 1
             continue
         j = np.searchsorted(known, t)
         gap = (known[j] - known[j - 1]) * dz
         if gap > max_gap + 1e-6:
-            skipped_wide += 1
-            continue
-        if gap < min_gap - 1e-6:
-            skipped_narrow += 1
-            continue
-        jobs.append((i, False))
+            skipped["gap_too_wide"] += 1
+        elif gap < min_gap - 1e-6:
+            skipped["gap_too_narrow"] += 1
+        else:
+            jobs.append((i, False))
+    return jobs, skipped
+
+
+def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net, card, device, jobs: list,
+                enhance_weight: float, thickness_mm: float, batch_size: int | None, tile: int | None,
+                progress, cancel) -> np.ndarray:
+    """Refine ``base_hu`` (cubic) at the ``jobs`` positions with the generator."""
+    from .context import denormalize_hu, normalize_hu
+    from .learned import predict
+
+    dz = ct.geometry.spacing[2]
+    known = plan.known.astype(float)
+    slices = normalize_hu(ct.array[plan.known])
+    linear_hu = classical_slices(ct, plan, "linear")
     out = base_hu.copy()
-    use_linear = getattr(net, "use_linear", False)
-    linear_hu = classical_slices(ct, plan, "linear") if use_linear else None
-    amp = device.type == "cuda"
+    if not jobs:
+        return out
     if batch_size is None:
         pixels = ct.shape[1] * ct.shape[2]
-        batch_size = max(1, min(64 if device.type == "cuda" else 8, int(4e6 // max(pixels, 1))))
+        batch_size = max(1, min(64 if device.type == "cuda" else 4, int(4e6 // max(pixels, 1))))
     if tile is None and device.type == "cpu" and ct.shape[1] * ct.shape[2] > 768 * 768:
         tile = 512
-    done = 0
-    for start in range(0, len(jobs), batch_size):
+    idx = np.array([i for i, _ in jobs])
+    loo = np.array([e for _, e in jobs])
+
+    def on_batch(n):
         if cancel is not None and cancel():
             raise CancelledError("cancelled by the user")
-        batch = jobs[start:start + batch_size]
-        ctx, pos, base, lin = [], [], [], []
-        for i, loo in batch:
-            t = float(plan.targets[i])
-            c, p = context_arrays(known, slices, t, dz, n_side, exclude_self=loo)
-            ctx.append(c)
-            pos.append(p)
-            if loo:
-                keep = ~np.isclose(known, t)
-                base.append(local_spline(known[keep], slices[keep], t)[None])
-                if use_linear:
-                    lin.append(local_spline(known[keep], slices[keep], t, method="linear")[None])
-            else:
-                base.append(normalize_hu(base_hu[i])[None])
-                if use_linear:
-                    lin.append(normalize_hu(linear_hu[i])[None])
-        pred = denormalize_hu(_forward(net, np.stack(ctx), np.stack(base), np.stack(pos), device, amp, tile,
-                                    linear=np.stack(lin) if use_linear else None))
-        for (i, loo), p in zip(batch, pred):
-            if loo:
-                out[i] = base_hu[i] + enhance_weight * (np.clip(p, -1024, 3071) - base_hu[i])
-            else:
-                out[i] = p
-        done += len(batch)
         if progress is not None:
-            progress(done / max(len(jobs), 1), f"SculptorGAN: {done}/{len(jobs)} slices")
-    stats = {"synthesized_by_gan": sum(1 for _, loo in jobs if not loo),
-             "enhanced_slices": sum(1 for _, loo in jobs if loo),
-             "cubic_fallback_slices_gap_too_wide": skipped_wide,
-             "cubic_fallback_slices_gap_too_narrow": skipped_narrow}
-    return out, stats
+            progress(n / len(jobs), f"SculptorGAN: {n}/{len(jobs)} slices")
+
+    if cancel is not None and cancel():
+        raise CancelledError("cancelled by the user")
+    # synthesized slices refine the global cubic/linear estimates; acquired ones (enhance) use local,
+    # leave-one-out splines computed inside predict()
+    new = ~loo
+    pred = np.empty((len(idx),) + ct.shape[1:], np.float32)
+    if new.any():
+        sel = idx[new]
+        pred[new] = predict(net, known, slices, plan.targets[sel], dz, thickness_mm=thickness_mm,
+                            base=normalize_hu(base_hu[sel]), linear=normalize_hu(linear_hu[sel]), batch_size=batch_size,
+                            tile=tile, device=device, amp=device.type == "cuda", on_batch=on_batch)
+    if loo.any():
+        sel = idx[loo]
+        offset = int(new.sum())
+        pred[loo] = predict(net, known, slices, plan.targets[sel], dz, thickness_mm=thickness_mm,
+                            exclude_self=np.ones(len(sel), bool), batch_size=batch_size, tile=tile, device=device,
+                            amp=device.type == "cuda", on_batch=lambda n: on_batch(offset + n))
+    pred = np.clip(denormalize_hu(pred), -1024, 3071)
+    for (i, is_loo), p in zip(jobs, pred):
+        out[i] = base_hu[i] + enhance_weight * (p - base_hu[i]) if is_loo else p
+    return out
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -228,89 +204,70 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
                 fill_missing: bool = True, method: str | None = None, *, device: str = "auto",
                 model: str | None = None, progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None, enhance: bool = False, enhance_weight: float = 0.5,
-                smoothing_mm: float = 0.0, batch_size: int | None = None,
-                tile_size: int | None = None) -> tuple[CTVolume, dict]:
+                smoothing_mm: float = 0.0, batch_size: int | None = None, tile_size: int | None = None,
+                thickness_mm: float | None = None) -> tuple[CTVolume, dict]:
     """Upsample ``ct`` through-plane and fill its missing slices.
 
     Args:
         factor / target_spacing: new through-plane spacing = input spacing / factor, or target_spacing mm.
         fill_missing: synthesize the slices listed in ``ct.missing_slices`` (DICOM gaps, ``--missing``).
-        method: 'gan' (default when a model is installed), 'cubic' or 'linear'. 'gan' without weights
-            falls back to cubic and says so in ``info['fallback']``.
+        method: None/'auto' (network where this scan shows it beats cubic, else cubic), 'gan' (always the
+            network), 'cubic' or 'linear'. Without weights the learned methods fall back to cubic
+            (``info['fallback']``).
         device: 'auto', 'cpu', 'cuda', 'mps' (CUDA out of memory → retried on the CPU).
         model: a model card path or shipped model name (default: the shipped interpolation model).
-        enhance: also refine the acquired slices (GAN only): each is blended, with ``enhance_weight``,
+        enhance: also refine the acquired slices (network only): each is blended, with ``enhance_weight``,
             with the generator's leave-one-out prediction from its neighbours (suppresses slice noise).
         smoothing_mm: optional Gaussian smoothing along z (sigma in mm) of the synthesized slices.
         batch_size / tile_size: inference batch and in-plane tile (None: chosen from the image size).
+        thickness_mm: reconstructed slice thickness of the input (None: ``ct.slice_thickness_mm`` when the
+            reader set it, else unknown); the network is told it.
         progress(fraction, message), cancel() -> bool: callbacks.
 
-    Returns the new volume (slice i at z0 + i·spacing along the slice normal) and a dict describing
-    what ran (method, model, device, input/output spacing and slice counts, fallbacks, seconds).
+    Returns the new volume and a dict describing what ran: ``method`` (what made the new slices),
+    ``requested_method``, ``decision`` (why), ``slices_by_method`` ({method: synthesized slices}), model,
+    device, input/output spacing and slice counts, fallbacks, seconds.
     """
     t0 = time.perf_counter()
-    if method is None:
-        method = "gan" if gan_available(model) else "cubic"
-    method = method.lower()
-    if method not in METHODS:
-        raise InputError(f"unknown interpolation method {method!r}; choose from {', '.join(METHODS)}")
+    requested = (method or "auto").lower()
+    if requested not in METHODS:
+        raise InputError(f"unknown interpolation method {requested!r}; choose from {', '.join(METHODS)}")
     if smoothing_mm < 0:
         raise InputError("smoothing must be >= 0 mm")
     plan = plan_grid(ct, factor, target_spacing, fill_missing)
+    exact = _exact_known(plan)
+    n_new = int((~exact).sum())
+    if thickness_mm is None:
+        thickness_mm = float(getattr(ct, "slice_thickness_mm", 0.0) or 0.0)
     if progress is not None:
-        progress(0.0, f"interpolating ({method})")
-    info: dict = {"method": method, "requested_method": method, "model": None, "model_version": None, "device": "cpu"}
-    if method == "gan":
-        base = classical_slices(ct, plan, "cubic")
-        try:
-            import torch
-
-            from ..core.device import is_out_of_memory, resolve_device
-
-            dev = resolve_device(device)
-            net, card = load_generator(model, dev)
-        except InputError as exc:
-            if model:  # the user named a model: a broken one is an error, not a silent fallback
-                raise
-            log.warning("SculptorGAN weights unavailable (%s); using cubic interpolation", exc)
-            info.update(method="cubic", fallback=f"no GAN weights: {exc}")
-            slices = base
-        else:
-            info.update(model=card.name, model_version=card.version, device=str(dev))
-            args = (ct, plan, base, net, card)
-            kw = dict(enhance=enhance, enhance_weight=enhance_weight, batch_size=batch_size, tile=tile_size,
-                      progress=progress, cancel=cancel)
-            try:
-                slices, stats = _gan_slices(*args, dev, **kw)
-            except RuntimeError as exc:
-                if dev.type == "cpu" or not is_out_of_memory(exc):
-                    raise
-                log.warning("out of memory on %s; retrying SculptorGAN on the CPU", dev)
-                torch.cuda.empty_cache()
-                dev = torch.device("cpu")
-                args = (ct, plan, base, net.to(dev), card)
-                slices, stats = _gan_slices(*args, dev, **kw)
-                info.update(device="cpu", fallback="GPU out of memory; ran on the CPU")
-            info.update(stats)
-            wide, narrow = stats["cubic_fallback_slices_gap_too_wide"], stats["cubic_fallback_slices_gap_too_narrow"]
-            if wide or narrow:
-                info["note"] = (f"{wide + narrow} slices lie in gaps outside the model's range "
-                                f"({card.preprocessing.get('min_gap_mm', 0)}–{card.preprocessing.get('max_gap_mm')} mm): "
-                                "cubic used there")
+        progress(0.0, f"interpolating ({requested})")
+    info: dict = {"method": requested, "requested_method": requested, "model": None, "model_version": None,
+                  "device": "cpu", "decision": "", "slices_by_method": {}}
+    dz = ct.geometry.spacing[2]
+    slices = None
+    if requested in CLASSICAL_METHODS:
+        slices = classical_slices(ct, plan, requested)
+        info.update(decision=f"{requested} requested", slices_by_method={requested: n_new} if n_new else {})
+    elif n_new == 0 and not enhance:
+        slices = classical_slices(ct, plan, "cubic")
+        info.update(method="cubic", decision="no new slices to synthesize")
     else:
-        slices = classical_slices(ct, plan, method)
+        slices = _learned(ct, plan, requested, device, model, progress, cancel, enhance, enhance_weight,
+                          thickness_mm, batch_size, tile_size, info, n_new)
     if smoothing_mm > 0:
         sigma = smoothing_mm / plan.out_spacing
         smoothed = ndimage.gaussian_filter1d(slices, sigma, axis=0, mode="nearest")
-        keep = _exact_known(plan) & (not enhance)
+        keep = exact & (not enhance)
         slices = np.where(keep[:, None, None], slices, smoothed).astype(np.float32)
     geometry = ct.geometry.with_z_spacing(plan.out_spacing)
     out = CTVolume(slices, geometry, name=f"{ct.name}_interpolated")
     info.update({
         "input_slices": ct.shape[0],
         "output_slices": out.shape[0],
-        "input_spacing_mm": ct.geometry.spacing[2],
+        "acquired_slices": int(exact.sum()),
+        "input_spacing_mm": dz,
         "output_spacing_mm": plan.out_spacing,
+        "slice_thickness_mm": thickness_mm or None,
         "filled_missing": sorted(int(i) for i in ct.missing_slices) if fill_missing else [],
         "enhanced": bool(enhance and info["method"] == "gan"),
         "smoothing_mm": smoothing_mm,
@@ -319,3 +276,68 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
     if progress is not None:
         progress(1.0, "interpolation done")
     return out, info
+
+
+def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enhance_weight, thickness_mm,
+             batch_size, tile_size, info, n_new) -> np.ndarray:
+    """The 'auto' and 'gan' methods: load the generator, decide (auto), run it, fill ``info``."""
+    base = classical_slices(ct, plan, "cubic")
+    try:
+        import torch
+
+        from ..core.device import is_out_of_memory, resolve_device
+
+        dev = resolve_device(device)
+        net, card = load_generator(model, dev)
+    except InputError as exc:
+        if model:  # the user named a model: a broken one is an error, not a silent fallback
+            raise
+        log.warning("SculptorGAN weights unavailable (%s); using cubic interpolation", exc)
+        info.update(method="cubic", fallback=f"no GAN weights: {exc}", decision=f"no network weights ({exc}): cubic used",
+                    slices_by_method={"cubic": n_new} if n_new else {})
+        return base
+    info.update(model=card.name, model_version=card.version, device=str(dev))
+    dz = ct.geometry.spacing[2]
+    if requested == "auto":
+        from .context import normalize_hu
+        from .selfcheck import decide
+
+        if progress is not None:
+            progress(0.0, "checking the network against cubic on this scan's acquired slices")
+        known = plan.known.astype(float)
+        decision = decide(net, known, normalize_hu(ct.array[plan.known]), dz, thickness_mm=thickness_mm, device=dev)
+        info["self_check_gain_db"] = None if decision.gain_db is None else round(decision.gain_db, 3)
+        info["decision"] = decision.text
+        if not decision.use_network:
+            info.update(method="cubic", slices_by_method={"cubic": n_new} if n_new else {},
+                        note=decision.text)
+            return base
+    else:
+        info["decision"] = "network requested (--method gan)"
+    jobs, skipped = _jobs(plan, dz, card, enhance)
+    kw = dict(enhance_weight=enhance_weight, thickness_mm=thickness_mm, batch_size=batch_size, tile=tile_size,
+              progress=progress, cancel=cancel)
+    try:
+        slices = _gan_slices(ct, plan, base, net, card, dev, jobs, **kw)
+    except RuntimeError as exc:
+        if dev.type == "cpu" or not is_out_of_memory(exc):
+            raise
+        log.warning("out of memory on %s; retrying SculptorGAN on the CPU", dev)
+        torch.cuda.empty_cache()
+        dev = torch.device("cpu")
+        net, card = load_generator(model, dev)
+        slices = _gan_slices(ct, plan, base, net, card, dev, jobs, **kw)
+        info.update(device="cpu", fallback="GPU out of memory; ran on the CPU")
+    made = sum(1 for _, loo in jobs if not loo)
+    cubic_n = n_new - made
+    info.update(method="gan", synthesized_by_gan=made, enhanced_slices=sum(1 for _, loo in jobs if loo),
+                slices_by_method={k: v for k, v in (("gan", made), ("cubic", cubic_n)) if v},
+                cubic_fallback_slices_gap_too_wide=skipped["gap_too_wide"],
+                cubic_fallback_slices_gap_too_narrow=skipped["gap_too_narrow"])
+    if skipped["gap_too_wide"] or skipped["gap_too_narrow"]:
+        info["note"] = (f"{skipped['gap_too_wide'] + skipped['gap_too_narrow']} slices lie in gaps outside the model's "
+                        f"range ({card.preprocessing.get('min_gap_mm', 0)}–{card.preprocessing.get('max_gap_mm')} mm): "
+                        "cubic used there")
+    if made == 0 and not info.get("enhanced_slices"):
+        info["method"] = "cubic"
+    return slices
