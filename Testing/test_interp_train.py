@@ -1,0 +1,67 @@
+"""The fast generator's trainer: slab profiles, samples, train → resume → export → the stage runs the card."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training import interp_fast
+from training.interp_sampler import Sampler, slab_weights
+
+torch.set_num_threads(1)
+TINY = {"patch": 32, "batch_size": 2, "channels": [4, 8, 8], "phantoms": 2, "phantom_shape": [16, 40, 40]}
+
+
+def test_slab_profile_weights():
+    ids, w = slab_weights(10.0, 3.0, 40)
+    assert w.sum() == pytest.approx(1.0) and list(ids) == [8, 9, 10, 11, 12]
+    assert w[0] == pytest.approx(w[-1]) and w[2] == w.max()  # symmetric, peaked at the centre
+    ids, w = slab_weights(0.0, 1.0, 40)  # at the edge: clipped onto the volume, still a unit profile
+    assert ids.min() == 0 and w.sum() == pytest.approx(1.0)
+
+
+def test_sampler_drop_and_slab_samples():
+    rng = np.random.default_rng(0)
+    vol = {"name": "v", "array": rng.normal(0, 0.3, (30, 40, 40)).astype(np.float32), "dz": 2.0, "real": True}
+    for slab, thick_prob in ((0.0, 0.0), (1.0, 1.0)):
+        cfg = {**interp_fast.CFG, **TINY, "slab_prob": slab, "thickness_known_prob": thick_prob}
+        ctx, pos, cub, tgt, lin, thick = Sampler([vol], cfg, np.random.default_rng(1)).batch(6)
+        assert ctx.shape == (6, 4, 32, 32) and cub.shape == tgt.shape == lin.shape == (6, 1, 32, 32)
+        assert (pos[:, :2] < 0).all() and (pos[:, 2:] > 0).all()  # two slices below, two above the target
+        if slab:
+            assert (thick > 0).all()  # told the slab thickness
+        else:
+            assert (thick == 0).all()
+
+
+def test_train_resume_export_and_run(tmp_path):
+    from SculptorGANLib.core.volume import CTVolume
+    from SculptorGANLib.interpolate.stage import interpolate
+    from SculptorGANLib.nn.cards import find_model
+    from SculptorGANLib.nn.fastgen import FAST_ARCH
+    from SculptorGANLib.synthetic.phantom import make_phantom
+
+    run = tmp_path / "run"
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    assert interp_fast.main(["--out", str(run), "--no-real", "--steps", "20", *sets]) == 0
+    first = torch.load(run / "final.pt", weights_only=False)
+    assert first["step"] == 20 and (run / "last.pt").is_file()
+    log = (run / "log.txt").read_text()
+    assert "step 20 " in log and "ratio" in log
+    assert interp_fast.main(["--out", str(run), "--no-real", "--steps", "30", *sets]) == 0  # resumes at 20
+    assert "resumed at step 20" in (run / "log.txt").read_text()
+    assert torch.load(run / "final.pt", weights_only=False)["step"] == 30
+    lopo = {"totalseg": {"4": {"cubic": {"psnr": 35.0}, "default": {"psnr": 35.5}}}}
+    (tmp_path / "lopo.json").write_text(json.dumps(lopo))
+    assert interp_fast.main(["--out", str(run), "--export", str(tmp_path / "m"), "--lopo-json",
+                             str(tmp_path / "lopo.json"), "--name", "tiny_fast"]) == 0
+    card = find_model("interpolation", str(tmp_path / "m" / "tiny_fast.json"))
+    assert card.architecture == FAST_ARCH and len(card.sha256) == 64
+    assert card.metrics["leave_one_patient_out"] == lopo and card.training["steps"] == 30
+    assert card.training["command"].startswith("python -m training.interp_fast")
+    ct, _ = make_phantom((12, 40, 40), (2.5, 2.5, 4.0), seed=2)
+    out, info = interpolate(CTVolume(ct.array, ct.geometry), factor=2, method="gan", model=str(card.path))
+    assert info["model"] == "tiny_fast" and info["slices_by_method"] == {"gan": 11}
+    np.testing.assert_array_equal(out.array[::2], ct.array)

@@ -1,0 +1,137 @@
+"""Training samples for the fast residual slice generator: dropped slices and simulated thick slabs.
+
+Each sample: the ``2·n_side`` acquired (or slab-averaged) slices around a gap, their signed distances in
+mm, the cubic and linear estimates of a native slice inside the gap, that slice (the target) and the
+slab thickness in mm when the network is told it (else 0). Patches are cropped in-plane, flipped,
+rotated, intensity-jittered and sometimes reversed head-feet; mostly-air patches are mostly rejected.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from SculptorGANLib.interpolate.context import context_indices, spline_weights
+
+AIR = -1.024
+KNOTS = 6  # acquired slices each side used for the (local) cubic spline
+
+
+def spline_at(known, slices, targets, degree):
+    """Cubic (degree 3) or linear B-spline through ``slices`` at ``known``, evaluated at ``targets``."""
+    w = spline_weights(known, targets, "linear" if degree == 1 else "cubic").astype(np.float32)
+    return np.tensordot(w, slices, axes=1).astype(np.float32)
+
+
+def slab_weights(center: float, thickness_slices: float, nz: int, sub: int = 16):
+    """Indices and weights of a rectangular slice profile of width ``thickness_slices`` (in native
+    slices) centred at ``center``, on a linearly interpolated native stack."""
+    pts = center + (np.arange(sub) + 0.5) / sub * thickness_slices - thickness_slices / 2
+    pts = np.clip(pts, 0, nz - 1)
+    lo = np.floor(pts).astype(int)
+    hi = np.minimum(lo + 1, nz - 1)
+    f = pts - lo
+    w = np.zeros(nz)
+    np.add.at(w, lo, (1 - f) / sub)
+    np.add.at(w, hi, f / sub)
+    nzid = np.nonzero(w)[0]
+    return nzid, w[nzid]
+
+
+class Sampler:
+    """Random training samples from normalized volumes (``{"array", "dz", "real"}``) with ``cfg`` settings."""
+
+    def __init__(self, vols, cfg, rng):
+        self.vols, self.cfg, self.rng = vols, cfg, rng
+        real = [i for i, v in enumerate(vols) if v["real"]]
+        fake = [i for i, v in enumerate(vols) if not v["real"]]
+        p = np.zeros(len(vols))
+        if real and fake:
+            p[real] = (1 - cfg["phantom_prob"]) / len(real)
+            p[fake] = cfg["phantom_prob"] / len(fake)
+        else:
+            p[:] = 1 / len(vols)
+        self.p = p
+
+    def sample(self) -> tuple:
+        """(context 2n×P×P, positions mm 2n, cubic 1×P×P, target 1×P×P, linear 1×P×P, thickness mm)."""
+        cfg, rng = self.cfg, self.rng
+        P = int(cfg["patch"])
+        n_side = int(cfg["n_side"])
+        while True:
+            v = self.vols[int(rng.choice(len(self.vols), p=self.p))]
+            arr, dz = v["array"], v["dz"]
+            nz, h, w = arr.shape
+            flipz = rng.random() < 0.5
+            k_hi = min(int(cfg["k_max"]), int(cfg["max_gap_mm"] // dz), nz // 4)
+            if k_hi < 2:
+                continue
+            k = int(rng.integers(2, k_hi + 1))
+            slab = rng.random() < cfg["slab_prob"]
+            if rng.random() < cfg["irregular_prob"] and not slab:
+                pos, known = int(rng.integers(0, k)), []
+                while pos < nz:
+                    known.append(pos)
+                    pos += int(rng.integers(1, k_hi + 1))
+                known = np.array(known)
+            else:
+                known = np.arange(int(rng.integers(0, k)), nz, k)
+            gaps = np.setdiff1d(np.arange(known[0] + 1, known[-1]), known)
+            if len(gaps) == 0:
+                continue
+            t = int(gaps[int(rng.integers(0, len(gaps)))])
+            j = int(np.searchsorted(known, t))
+            win = known[max(0, j - KNOTS):j + KNOTS]
+            # in-plane crop
+            y0 = int(rng.integers(0, max(h - P, 0) + 1))
+            x0 = int(rng.integers(0, max(w - P, 0) + 1))
+            thick_mm = 0.0
+            if slab:
+                gap_slices = float(np.median(np.diff(win))) if len(win) > 1 else float(k)
+                tf = float(rng.choice([1.0, 1.0, 1.5, 2.0])) * gap_slices  # contiguous, or overlapping
+                tf = max(tf, 1.0)
+                rows = []
+                for c in win:
+                    ids, ws = slab_weights(float(c), tf, nz)
+                    rows.append(np.tensordot(ws.astype(np.float32), arr[ids, y0:y0 + P, x0:x0 + P], axes=1))
+                stack = np.stack(rows)
+                if rng.random() < cfg["thickness_known_prob"]:
+                    thick_mm = tf * dz
+            else:
+                stack = np.asarray(arr[win, y0:y0 + P, x0:x0 + P], dtype=np.float32)
+                if rng.random() < cfg["thickness_known_prob"] * 0.5:
+                    thick_mm = dz  # native thickness taken as the native step
+            target = np.asarray(arr[t, y0:y0 + P, x0:x0 + P], dtype=np.float32)[None]
+            if target.shape[1] < P or target.shape[2] < P:
+                ph, pw = P - target.shape[1], P - target.shape[2]
+                pad = ((0, 0), (0, ph), (0, pw))
+                stack = np.pad(stack, pad, constant_values=AIR)
+                target = np.pad(target, pad, constant_values=AIR)
+            if float((target > -0.9).mean()) < 0.05 and rng.random() < 0.9:
+                continue  # mostly air
+            # augment
+            if rng.random() < 0.5:
+                stack, target = stack[..., ::-1], target[..., ::-1]
+            if rng.random() < 0.5:
+                stack, target = stack[:, ::-1], target[:, ::-1]
+            r = int(rng.integers(0, 4))
+            stack, target = np.rot90(stack, r, (1, 2)), np.rot90(target, r, (1, 2))
+            jit = float(rng.uniform(1 - cfg["intensity_jitter"], 1 + cfg["intensity_jitter"]))
+            stack = (stack + 1.0) * jit - 1.0
+            target = (target + 1.0) * jit - 1.0
+            kf = win.astype(float)
+            tt = float(t)
+            if flipz:
+                kf, tt, stack = -kf[::-1], -tt, stack[::-1]
+            stack = np.ascontiguousarray(stack, dtype=np.float32)
+            idx = context_indices(kf, tt, n_side)
+            ctx = stack[idx]
+            pos = ((kf[idx] - tt) * dz).astype(np.float32)
+            cub = spline_at(kf, stack, np.array([tt]), 3)
+            lin = spline_at(kf, stack, np.array([tt]), 1)
+            return (ctx, pos, cub, np.ascontiguousarray(target, dtype=np.float32), lin,
+                    np.float32(thick_mm))
+
+    def batch(self, n: int) -> tuple:
+        """``n`` samples stacked as torch tensors."""
+        import torch
+        items = [self.sample() for _ in range(n)]
+        return tuple(torch.from_numpy(np.stack(p)) for p in zip(*items))
