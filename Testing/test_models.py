@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from SculptorGANLib.core.errors import InputError
-from SculptorGANLib.nn.cards import ModelCard, find_model, list_models, load_card, load_weights, save_model
+from SculptorGANLib.nn.cards import ModelCard, find_model, list_models, load_card, load_weights, save_model, sha256_of
 
 
 def _card(name="tiny", task="segmentation"):
@@ -44,6 +44,7 @@ def test_pickle_file_is_not_loaded(tmp_path):
     card = _card()
     card.weights = "evil.safetensors"
     torch.save({"weight": torch.ones(1)}, tmp_path / "evil.safetensors")  # a pickle in disguise
+    card.sha256 = sha256_of(tmp_path / "evil.safetensors")  # even with a matching checksum it is never unpickled
     (tmp_path / "tiny.json").write_text(json.dumps(card.to_json()))
     with pytest.raises(InputError, match="cannot be read as safetensors"):
         load_weights(load_card(tmp_path / "tiny.json"))

@@ -97,8 +97,11 @@ def discover_cases(inputs: str | os.PathLike | Sequence[str | os.PathLike], excl
             return _cases_from_csv(path)
         return _unique_ids([(stem(path), str(path))])
     excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
+    from ..io.atomic import is_result_folder
+
     entries = sorted(p for p in path.iterdir() if not p.name.startswith(".")
-                     and (excluded is None or p.resolve() != excluded))
+                     and (excluded is None or p.resolve() != excluded)
+                     and not (p.is_dir() and is_result_folder(p)))  # an earlier batch's case folders are no input
     volumes = [p for p in entries if _is_volume_file(p) and volume_suffix(p) != ".seg.nrrd"]
     series = [p for p in entries if p.is_dir() and any(not q.name.startswith(".") for q in p.iterdir())]
     if not volumes and not series:
@@ -108,3 +111,25 @@ def discover_cases(inputs: str | os.PathLike | Sequence[str | os.PathLike], excl
     pairs = [(stem(p), str(p)) for p in volumes] + [(p.name, str(p)) for p in series]
     pairs.sort(key=lambda pair: pair[1])
     return _unique_ids(pairs)
+
+
+#: Names in the cohort output folder that belong to the batch itself, never to a case.
+RESERVED_NAMES = ("summary.csv", ".status")
+
+
+def avoid_output_collisions(cases: Sequence[Case], out_dir: Path) -> list[Case]:
+    """The cases, renamed where ``out_dir/<case>`` would hit the batch's own files or something that is not
+    a case result (an input, a user's file): ``summary.csv`` becomes ``summary.csv__case`` and so on."""
+    from ..io.atomic import is_result_folder
+
+    taken = {c.case_id for c in cases}
+    out = []
+    for case in cases:
+        case_id = case.case_id
+        while case_id in RESERVED_NAMES or ((out_dir / case_id).exists() and not is_result_folder(out_dir / case_id)):
+            case_id = f"{case_id}__case"
+            while case_id in taken:
+                case_id = f"{case_id}_"
+        taken.add(case_id)
+        out.append(Case(case_id, case.source) if case_id != case.case_id else case)
+    return out

@@ -13,7 +13,7 @@ from .cases import Case
 
 STATUS_DIR = ".status"
 SUMMARY_NAME = "summary.csv"
-_FIXED_COLUMNS = ("case", "status", "reason", "input", "output", "rank", "device", "finished_at", "seconds_total",
+_FIXED_COLUMNS = ("case", "status", "reason", "notes", "input", "output", "rank", "device", "finished_at", "seconds_total",
                   "seconds_read")
 
 
@@ -43,6 +43,7 @@ def summary_rows(cases: Sequence[Case], out_dir: Path) -> list[dict]:
         record = _read_record(out_dir, case) or {"case": case.case_id, "input": case.source, "status": "pending"}
         row = {key: record.get(key, "") for key in _FIXED_COLUMNS}
         row["case"], row["input"] = case.case_id, case.source
+        row["notes"] = "; ".join(record.get("notes") or [])
         if record.get("status") == "ok":
             row["output"] = str(out_dir / case.case_id)
         for stage, seconds in (record.get("timings_s") or {}).items():

@@ -31,7 +31,7 @@ import os
 
 from ..core.errors import CancelledError, SculptorGANError
 from ..io.atomic import atomic_write_text
-from .cases import Case, discover_cases
+from .cases import Case, avoid_output_collisions, discover_cases
 from .ranks import _Group, _rank_device, resolve_rank, shard
 from .records import STATUS_DIR, SUMMARY_NAME, BatchSummary, _read_record, _status_path, is_finished, \
     summary_rows, write_summary
@@ -49,26 +49,33 @@ def _one_line(exc: BaseException) -> str:
 
 
 def process_case(case: Case, out_dir: Path, options, output_options=None, progress: ProgressFn | None = None,
-                 cancel: Callable[[], bool] | None = None) -> dict:
+                 cancel: Callable[[], bool] | None = None, allow_large: bool = False) -> dict:
     """Run the pipeline on one case into ``out_dir/<case>``; returns its record (never raises for a bad case)."""
-    from ..io.volumes import read_ct
+    from ..io.preflight import read_checked
     from ..pipeline import run_pipeline
     from ..outputs.results import write_results
 
     record: dict[str, Any] = {"case": case.case_id, "input": case.source, "output": "", "device": options.device}
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    notes: list[str] = []
     try:
         t = time.perf_counter()
-        ct = read_ct(case.source)
+        ct = read_checked(case.source, options, allow_large=allow_large)
         timings["read"] = round(time.perf_counter() - t, 3)
+        other = ct.meta.get("other_series")
+        if other:
+            notes.append(f"DICOM folder holds {len(other) + 1} series; used {ct.meta['series_instance_uid']}")
         result = run_pipeline(ct, options, progress=progress, cancel=cancel)
         timings.update(result.timings)
         t = time.perf_counter()
-        report_path = write_results(result, out_dir / case.case_id, source=case.source, options=output_options)
+        report_path = write_results(result, out_dir / case.case_id, source=case.source, options=output_options,
+                                    inputs=[case.source])
         timings["write"] = round(time.perf_counter() - t, 3)
         report = json.loads(Path(report_path).read_text(encoding="utf-8"))
         used = sorted({str(d) for d in (report.get("device") or {}).values()})
+        notes += [f"{stage}: {note}" for stage, info in (report.get("methods") or {}).items()
+                  for note in (info.get("notes") or [])]
         record.update(status="ok", reason="", output=str(out_dir / case.case_id), volumes_ml=report.get("volumes_ml", {}),
                       device=",".join(used) or options.device)
     except (CancelledError, KeyboardInterrupt):
@@ -76,6 +83,7 @@ def process_case(case: Case, out_dir: Path, options, output_options=None, progre
     except Exception as exc:  # noqa: BLE001 - a failing case is recorded and never stops the others
         log.debug("case %s failed", case.case_id, exc_info=True)
         record.update(status="failed", reason=_one_line(exc), volumes_ml={})
+    record["notes"] = notes
     record["timings_s"] = timings
     record["seconds_total"] = round(time.perf_counter() - started, 3)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -84,7 +92,8 @@ def process_case(case: Case, out_dir: Path, options, output_options=None, progre
 
 def run_batch(inputs, out_dir: str | os.PathLike, options=None, device: str | None = None,
               progress: ProgressFn | None = None, rank: int | None = None, world_size: int | None = None,
-              output_options=None, force: bool = False, cancel: Callable[[], bool] | None = None) -> BatchSummary:
+              output_options=None, force: bool = False, cancel: Callable[[], bool] | None = None,
+              allow_large: bool = False) -> BatchSummary:
     """Run the pipeline over every case in ``inputs`` into ``out_dir/<case>/``.
 
     Args:
@@ -97,6 +106,7 @@ def run_batch(inputs, out_dir: str | os.PathLike, options=None, device: str | No
         output_options: :class:`~SculptorGANLib.outputs.results.OutputOptions` (mesh format, RAS, preview...).
         force: redo cases that an earlier run finished.
         cancel: ``cancel()`` returning True stops after the running case's current stage.
+        allow_large: lift the size limits (see :mod:`SculptorGANLib.io.limits`) for every case.
     Returns:
         :class:`BatchSummary`; ``summary.csv`` is written in ``out_dir``.
     """
@@ -108,7 +118,11 @@ def run_batch(inputs, out_dir: str | os.PathLike, options=None, device: str | No
     options = options or PipelineOptions()
     rank, world_size = resolve_rank(rank, world_size)
     options = replace(options, device=_rank_device(device or options.device, world_size))
-    cases = discover_cases(inputs, exclude=out_dir)
+    if options.device != "auto":  # 'cuda' without a GPU fails here, once, as `run` does, not in every case
+        from ..core.device import resolve_device
+
+        resolve_device(options.device)
+    cases = avoid_output_collisions(discover_cases(inputs, exclude=out_dir), out_dir)
     mine = shard(cases, rank, world_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STATUS_DIR).mkdir(exist_ok=True)
@@ -139,7 +153,7 @@ def run_batch(inputs, out_dir: str | os.PathLike, options=None, device: str | No
                     if progress:
                         progress(min((_base + fraction) / max(total, 1), 1.0), f"{_case.case_id}: {message}")
 
-                record = process_case(case, out_dir, options, output_options, case_progress, cancel)
+                record = process_case(case, out_dir, options, output_options, case_progress, cancel, allow_large)
                 record.update(run=token, this_run="processed", rank=rank)
                 atomic_write_text(_status_path(out_dir, case), json.dumps(record, indent=1))
                 processed.append(case.case_id)

@@ -21,7 +21,7 @@ def cmd_batch(args) -> int:
     bar = ProgressBar(enabled=not args.quiet and rank == 0, cohort=True)
     try:
         summary = run_batch(args.inputs, args.out, options, progress=bar, rank=rank, world_size=world_size,
-                            output_options=output_options, force=args.force)
+                            output_options=output_options, force=args.force, allow_large=args.allow_large)
     finally:
         bar.close()
     if rank == 0:
@@ -47,9 +47,11 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cohort output folder (one sub-folder per case)")
     add_arguments(p, ("steps", "grid", "interpolate", "segment", "surfaces", "device"), exclude=("missing_slices",))
     add_output(p)
-    p.add_argument("--nrrd", action="store_true", help="also write each CT as .nrrd")
-    p.add_argument("--no-preview", action="store_true", help="skip the PNG preview of each case")
-    p.add_argument("--force", action="store_true", help="redo cases an earlier run finished")
+    p.add_argument("--nrrd", action="store_true", help="also write each CT as .nrrd (default: off)")
+    p.add_argument("--no-preview", action="store_true", help="skip the PNG preview of each case (default: write it)")
+    p.add_argument("--force", action="store_true", help="redo cases an earlier run finished (default: skip them)")
+    p.add_argument("--allow-large", action="store_true",
+                   help="run cases beyond the size limits (default: such a case fails with the estimate)")
     p.add_argument("--rank", type=int, help="this process's shard (default: torchrun's RANK, else 0)")
     p.add_argument("--world-size", type=int, help="number of shards (default: torchrun's WORLD_SIZE, else 1)")
     add_common(p)

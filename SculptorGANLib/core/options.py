@@ -59,12 +59,13 @@ class OptionSpec:
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("steps", "steps", STEPS, "comma-separated steps to run: interpolate,segment,surfaces (default: all)",
                "steps"),
-    OptionSpec("factor", "int", None, "through-plane upsampling factor K: slices K times thinner (e.g. 2 turns 5 mm "
-               "into 2.5 mm)", "grid", minimum=1, maximum=16, metavar="K", exclusive_with="target_spacing"),
-    OptionSpec("target_spacing", "float", None, "through-plane output spacing in mm, instead of --factor", "grid",
+    OptionSpec("factor", "int", None, "through-plane upsampling factor K, 1-16: slices K times thinner (e.g. 2 turns 5 mm "
+               "into 2.5 mm; default: none, the slice spacing is kept)", "grid", minimum=1, maximum=16, metavar="K", exclusive_with="target_spacing"),
+    OptionSpec("target_spacing", "float", None, "through-plane output spacing in mm, 0.1-50, instead of --factor "
+               "(default: none, the slice spacing is kept)", "grid",
                minimum=0.1, maximum=50.0, metavar="MM", exclusive_with="factor"),
     OptionSpec("missing_slices", "ints", (), "0-based indices of missing slices to synthesize, e.g. 12,13 "
-               "(inner slices only)", "grid", flag="--missing", metavar="I,J,..."),
+               "(inner slices only; default: none, only gaps found in a DICOM series)", "grid", flag="--missing", metavar="I,J,..."),
     OptionSpec("fill_missing", "bool", True, "synthesize missing slices (gaps in a DICOM series, --missing)", "grid",
                off_help="keep missing slices as the placeholder between their neighbours instead of synthesizing them"),
     OptionSpec("interpolation_method", "choice", None, "interpolation method (default: the GAN when its weights "
@@ -77,8 +78,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("postprocess", "bool", True, "anatomical clean-up of the network output (largest kidney per side, "
                "tumor attached to a kidney, holes filled)", "segment",
                off_help="keep the raw network output (no anatomical clean-up)"),
-    OptionSpec("morph_mm", "float", 0.0, "radius in mm of an extra morphological opening/closing of the masks "
-               "(default 0: none)", "segment", minimum=0.0, maximum=20.0, metavar="R"),
+    OptionSpec("morph_mm", "float", 0.0, "radius in mm, 0-20, of an extra morphological opening/closing of the "
+               "masks (default: 0, none)", "segment", minimum=0.0, maximum=20.0, metavar="R"),
     OptionSpec("overlap", "float", 0.25, "sliding-window overlap 0-0.9 of the segmentation (higher: smoother, "
                "slower; default 0.25)", "segment", minimum=0.0, maximum=0.9, metavar="F"),
     OptionSpec("device", "choice", "auto", "where networks run: auto (a CUDA GPU when usable, else the CPU), cpu, "
@@ -123,7 +124,20 @@ class PipelineOptions:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`SculptorGANError` naming the first bad option."""
+        """Raise :class:`SculptorGANError` naming the first bad option (by its command-line flag): not a
+        finite number, outside the schema's ``minimum``/``maximum``, or not one of its choices."""
+        for spec in OPTIONS:
+            value = getattr(self, spec.name)
+            if spec.kind == "float" and value is not None and not math.isfinite(value):
+                raise SculptorGANError(f"{spec.cli_flag} must be a finite number, got {value}")
+            if spec.kind in ("int", "float") and value is not None:
+                low, high = spec.minimum, spec.maximum
+                if (low is not None and value < low) or (high is not None and value > high):
+                    bounds = (f"between {low:g} and {high:g}" if low is not None and high is not None
+                              else f">= {low:g}" if low is not None else f"<= {high:g}")
+                    raise SculptorGANError(f"{spec.cli_flag} must be {bounds}, got {value:g}")
+            if spec.kind == "choice" and value is not None and value not in spec.choices:
+                raise SculptorGANError(f"{spec.cli_flag} must be one of {', '.join(spec.choices)}, got {value!r}")
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise SculptorGANError(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
@@ -139,12 +153,6 @@ class PipelineOptions:
             raise SculptorGANError(f"overlap must be between 0 and 0.9, got {self.overlap}")
         if not 0 <= self.smoothing <= 1:
             raise SculptorGANError(f"smoothing must be between 0 and 1, got {self.smoothing}")
-        for spec in OPTIONS:
-            value = getattr(self, spec.name)
-            if spec.kind == "float" and value is not None and not math.isfinite(value):
-                raise SculptorGANError(f"{spec.cli_flag} must be a finite number, got {value}")
-            if spec.kind == "choice" and value is not None and value not in spec.choices:
-                raise SculptorGANError(f"{spec.cli_flag} must be one of {', '.join(spec.choices)}, got {value!r}")
 
     def to_json(self) -> dict:
         """A JSON-serializable dict (lists for tuples): what crosses the process boundary to the worker."""

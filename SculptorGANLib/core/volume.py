@@ -24,6 +24,22 @@ STRUCTURE_COLORS: dict[str, tuple[float, float, float]] = {
 }
 
 
+#: Largest deviation from orthonormal a direction matrix may have (float32 files round to about 1e-7).
+DIRECTION_TOLERANCE = 1e-3
+
+
+def check_direction(matrix: np.ndarray) -> None:
+    """Raise ValueError unless ``matrix`` is a rotation or reflection: finite, non-singular, orthonormal axes."""
+    matrix = np.asarray(matrix, dtype=float)
+    if not np.isfinite(matrix).all():
+        raise ValueError("direction matrix contains NaN or infinite values")
+    det = float(np.linalg.det(matrix))
+    if abs(det) < DIRECTION_TOLERANCE:
+        raise ValueError("direction matrix is singular (two image axes coincide)")
+    if np.abs(matrix.T @ matrix - np.eye(3)).max() > DIRECTION_TOLERANCE:
+        raise ValueError("direction matrix is not orthonormal (sheared or scaled axes)")
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a (z, y, x) voxel grid sits in LPS physical space."""
@@ -38,8 +54,11 @@ class Geometry:
         object.__setattr__(self, "direction", tuple(float(d) for d in np.ravel(self.direction)))
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise ValueError("Geometry needs 3 spacings, 3 origin values and a 3x3 direction")
-        if min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
+        if not all(np.isfinite(self.origin)):
+            raise ValueError(f"origin must be finite, got {self.origin}")
+        check_direction(self.direction_matrix)
 
     @property
     def direction_matrix(self) -> np.ndarray:
@@ -107,10 +126,13 @@ class CTVolume(Volume):
 
     ``missing_slices`` lists z indices that were not acquired (gaps found in a DICOM series or
     declared by the user); their content is a placeholder until the interpolation stage fills them.
+    ``meta`` says where the voxels came from (DICOM series chosen), for the report.
     """
 
     name: str = "ct"
     missing_slices: tuple[int, ...] = ()
+    #: Where the voxels came from, for the report (e.g. the DICOM SeriesInstanceUID and the other series).
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,7 +154,7 @@ class CTVolume(Volume):
             below, above = kept[kept < k].max(), kept[kept > k].min()
             w = (k - below) / (above - below)
             array[k] = (1 - w) * array[below] + w * array[above]
-        return CTVolume(array, self.geometry, name=self.name, missing_slices=tuple(missing))
+        return CTVolume(array, self.geometry, name=self.name, missing_slices=tuple(missing), meta=dict(self.meta))
 
 
 @dataclass

@@ -1,22 +1,25 @@
-"""Slicer-compatible ``.seg.nrrd`` files: one labelmap layer plus per-segment metadata."""
+"""Slicer-compatible ``.seg.nrrd`` files: one labelmap layer plus per-segment metadata.
+
+Written with one value per structure (Kidney left = 1, Kidney right = 2, Tumor = 3, with names, colours and
+terminology). Read by segment terminology or name, layer by layer, into the one label encoding (1 kidney,
+2 tumor; tumor wins where segments overlap): label values of a segment file mean nothing by themselves.
+"""
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import InputError, OutputError
-from ..core.volume import STRUCTURE_COLORS, Geometry, LabelVolume
+from ..core.structures import TERMINOLOGY as STRUCTURE_TERMINOLOGY
+from ..core.volume import KIDNEY, LABEL_NAMES, STRUCTURE_COLORS, TUMOR, Geometry, LabelVolume
 
-_ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list"
-_MODIFIERS = "Anatomic codes - DICOM master list"
+log = logging.getLogger(__name__)
+
 #: Terminology (SNOMED CT) of the structures we produce, as Slicer writes it in segment tags.
-TERMINOLOGY: dict[str, str] = {
-    "kidney": f"{_ANATOMY}~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~^^~{_MODIFIERS}~^^~^^",
-    "kidney_left": f"{_ANATOMY}~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~SCT^7771000^Left~{_MODIFIERS}~^^~^^",
-    "kidney_right": f"{_ANATOMY}~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~SCT^24028007^Right~{_MODIFIERS}~^^~^^",
-    "tumor": f"{_ANATOMY}~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^~{_MODIFIERS}~^^~^^",
-}
+TERMINOLOGY: dict[str, str] = STRUCTURE_TERMINOLOGY
 
 
 def display_name(name: str) -> str:
@@ -77,8 +80,110 @@ def write_seg_nrrd(labels: LabelVolume, path: str | Path) -> Path:
     return path
 
 
+#: SNOMED CT codes in a segment's terminology tag that identify our structures.
+_CODES = {"64033007": KIDNEY, "108369006": TUMOR, "363346000": TUMOR, "126880001": TUMOR}
+_KIDNEY_NAMES = re.compile(r"^(left |right |l |r )?kidneys?( left| right| l| r)?$|^(kidney|renal)[ _-]?(left|right|l|r)$")
+_TUMOR_NAMES = re.compile(r"(tumou?r|neoplasm|mass|lesion|carcinoma|cancer|rcc)")
+
+
+def structure_of(name: str, tags: str) -> int | None:
+    """KIDNEY, TUMOR or None for a segment, from its terminology tag (preferred) or its name."""
+    entry = next((t.split(":", 1)[1] for t in tags.split("|") if t.startswith("TerminologyEntry:")), "")
+    if entry:
+        parts = entry.split("~")
+        # category ~ type ~ type modifier ~ ...: the type code decides (a tumor's category is "morphologically altered")
+        for part in parts[2:3] + parts[1:2]:
+            code = part.split("^")[1] if part.count("^") >= 2 else ""
+            if code in _CODES:
+                return _CODES[code]
+    text = " ".join(name.strip().lower().replace("_", " ").split())
+    if _TUMOR_NAMES.search(text):
+        return TUMOR
+    if _KIDNEY_NAMES.match(text):
+        return KIDNEY
+    return None
+
+
+def _segments(header: dict, layered: bool) -> list[dict]:
+    segments, i = [], 0
+    while f"Segment{i}_ID" in header or f"Segment{i}_Name" in header:
+        get = lambda key, default="": str(header.get(f"Segment{i}_{key}", default))  # noqa: E731
+        try:
+            value = int(get("LabelValue", "1" if layered else str(i + 1)))
+            layer = int(get("Layer", str(i) if layered else "0"))
+        except ValueError:
+            raise InputError(f"segment {i} has a non-integer label value or layer") from None
+        segments.append({"name": get("Name", get("ID")), "tags": get("Tags"), "value": value, "layer": layer})
+        i += 1
+    return segments
+
+
+def labelmap_from_segments(data: np.ndarray, header: dict, path: Path) -> tuple[np.ndarray, list[str]]:
+    """(labelmap 0/1/2 of shape z, y, x; names of segments ignored) from a seg.nrrd's data and header."""
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise InputError(f"{path}: segmentation contains NaN or infinite values")
+    if data.size and data.min() < 0:
+        raise InputError(f"{path}: segmentation contains negative label values ({data.min()}); "
+                         "a labelmap must be 0 or positive")
+    layered = data.ndim == 4
+    if data.ndim not in (3, 4):
+        raise InputError(f"{path}: has {data.ndim} dimensions; a 3D segmentation (optionally with layers) is needed")
+    layers = data if layered else data[..., None]  # (z, y, x, layer) as pynrrd reads it in C order
+    segments = _segments(header, layered)
+    out = np.zeros(layers.shape[:3], np.uint8)
+    ignored = []
+    if not segments:  # a plain labelmap saved as .seg.nrrd: our own encoding
+        values = set(np.unique(layers[..., 0]).tolist()) - {0}
+        if not values <= {KIDNEY, TUMOR}:
+            raise InputError(f"{path}: has no segment names and label values {sorted(values)}; "
+                             "expected 1 kidney, 2 tumor")
+        return layers[..., 0].astype(np.uint8), []
+    for structure in (KIDNEY, TUMOR):  # tumor last: it wins where segments overlap
+        for seg in segments:
+            if structure_of(seg["name"], seg["tags"]) != structure:
+                continue
+            if not 0 <= seg["layer"] < layers.shape[3]:
+                raise InputError(f"{path}: segment {seg['name']!r} is in layer {seg['layer']}, "
+                                 f"but the file has {layers.shape[3]} layer(s)")
+            out[layers[..., seg["layer"]] == seg["value"]] = structure
+    for seg in segments:
+        if structure_of(seg["name"], seg["tags"]) is None:
+            ignored.append(seg["name"])
+    if not any(structure_of(s["name"], s["tags"]) for s in segments):
+        raise InputError(f"{path}: none of its segments ({', '.join(s['name'] for s in segments)}) is a kidney "
+                         "or a tumor (by name or terminology)")
+    if ignored:
+        log.warning("%s: ignored segment(s) that are neither kidney nor tumor: %s", path, ", ".join(ignored))
+    return out, ignored
+
+
+def geometry_axes(header: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(3x3 axes in LPS, columns x y z, with spacing; origin) from the header (the layer axis has no direction)."""
+    if "space directions" not in header or "space origin" not in header:
+        raise InputError(f"{path}: segmentation file has no 'space directions'/'space origin' (geometry missing)")
+    try:
+        rows = np.asarray(header["space directions"], dtype=float)
+        origin = np.asarray(header["space origin"], dtype=float).reshape(3)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: invalid space directions / origin in the segmentation header") from None
+    rows = rows[~np.isnan(rows).all(axis=1)] if rows.ndim == 2 else rows
+    if rows.shape != (3, 3):
+        raise InputError(f"{path}: space directions of shape {rows.shape}; a 3D grid is needed")
+    axes = rows.T
+    space = str(header.get("space", "left-posterior-superior")).lower()
+    if space in ("right-anterior-superior", "ras"):
+        flip = np.diag([-1.0, -1.0, 1.0])
+        axes, origin = flip @ axes, flip @ origin
+    elif space not in ("left-posterior-superior", "lps"):
+        raise InputError(f"{path}: unsupported space {space!r} (LPS or RAS expected)")
+    return axes, origin
+
+
 def read_seg_nrrd(path: str | Path) -> LabelVolume:
-    """Read a single-layer ``.seg.nrrd`` (as Slicer writes it) into a LabelVolume."""
+    """Read a ``.seg.nrrd`` (single- or multi-layer, as Slicer writes it) into a labelmap 1 kidney, 2 tumor.
+
+    Segments are recognised by terminology or name (see :func:`structure_of`), never by their label value.
+    """
     import nrrd
 
     path = Path(path)
@@ -86,21 +191,12 @@ def read_seg_nrrd(path: str | Path) -> LabelVolume:
         data, header = nrrd.read(str(path), index_order="C")
     except Exception as exc:  # pynrrd raises several types for corrupt files
         raise InputError(f"{path}: cannot be read as a segmentation file ({exc})") from None
-    if data.ndim != 3:
-        raise InputError(f"{path}: has {data.ndim} dimensions; only single-layer 3D segmentations are supported")
-    axes = np.asarray(header["space directions"], dtype=float).T
+    labelmap, _ = labelmap_from_segments(data, header, path)
+    axes, origin = geometry_axes(header, path)
     spacing = np.linalg.norm(axes, axis=0)
-    direction = axes / spacing
-    if header.get("space", "left-posterior-superior") in ("right-anterior-superior", "RAS"):
-        flip = np.diag([-1.0, -1.0, 1.0])
-        direction, origin = flip @ direction, flip @ np.asarray(header["space origin"], dtype=float)
-    else:
-        origin = np.asarray(header["space origin"], dtype=float)
-    labels: dict[int, str] = {}
-    i = 0
-    while f"Segment{i}_Name" in header:
-        labels[int(header.get(f"Segment{i}_LabelValue", i + 1))] = internal_name(header[f"Segment{i}_Name"])
-        i += 1
-    geometry = Geometry(tuple(spacing), tuple(origin), tuple(direction.ravel()))
+    try:
+        geometry = Geometry(tuple(spacing), tuple(origin), tuple((axes / np.where(spacing > 0, spacing, 1)).ravel()))
+    except ValueError as exc:
+        raise InputError(f"{path}: invalid geometry ({exc})") from None
     name = path.name[: -len(".seg.nrrd")] if path.name.lower().endswith(".seg.nrrd") else path.stem
-    return LabelVolume(data.astype(np.uint8), geometry, name=name, labels=labels)
+    return LabelVolume(labelmap, geometry, name=name, labels=dict(LABEL_NAMES))

@@ -11,9 +11,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputError, OutputError
+from ..core.volume import CTVolume, Geometry, LabelVolume, Volume
+from .headers import inspect_header
+from .limits import check_header_size
 from .nifti_check import check_nifti
-from ..core.volume import CTVolume, LabelVolume, Volume
 from .sitk_bridge import geometry_from_sitk, to_sitk
+from .verify import verify_volume_file
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -62,14 +65,46 @@ def _read_file(path: Path) -> sitk.Image:
         detail = next((line for line in reason if "rror" in line or "nable" in line), reason[-1] if reason else "")
         raise InputError(f"{path}: cannot be read as an image volume (corrupt, truncated or unsupported "
                          f"format{': ' + detail.strip()[:160] if detail else ''})") from None
+    except MemoryError:
+        raise InputError(f"{path}: out of memory while reading it; the volume is too large for this machine") from None
+
+
+def _check_file(path: Path, allow_large: bool) -> None:
+    """Refuse what is not a readable regular file, and hostile or oversized headers, before ITK reads it."""
+    if not path.is_file():
+        raise InputError(f"{path}: is not a regular file (a FIFO, socket or device?); a volume file is needed")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: not readable (permission denied)")
+    info = inspect_header(path, volume_suffix(path))
+    if info is not None:
+        check_header_size(path, info.voxels, info.data_bytes, allow_large)
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti(path)
+
+
+def _geometry(image: sitk.Image, path: Path) -> Geometry:
+    try:
+        return geometry_from_sitk(image)
+    except ValueError as exc:
+        raise InputError(f"{path}: invalid geometry ({exc})") from None
+
+
+def _checked_read(path: Path, allow_large: bool) -> tuple[np.ndarray, sitk.Image]:
+    _check_file(path, allow_large)
+    try:
+        return _checked_array(_read_file(path), path)
+    except MemoryError:
+        raise InputError(f"{path}: out of memory while reading it; the volume is too large for this machine") from None
 
 
 # ----------------------------------------------------------------------------- reading
-def read_ct(path: str | os.PathLike) -> CTVolume:
+def read_ct(path: str | os.PathLike, series: str | None = None, allow_large: bool = False) -> CTVolume:
     """Read a CT from a NIfTI/NRRD/MHA file or a DICOM series folder.
 
     DICOM series with irregular slice positions are placed on a regular grid; slices that were not
-    acquired are listed in ``missing_slices`` and linearly filled as placeholders.
+    acquired are listed in ``missing_slices`` and linearly filled as placeholders. ``series`` picks a
+    DICOM series by its SeriesInstanceUID (default: the one with most slices). Headers are checked
+    before any voxel is read (:mod:`.headers`, :mod:`.limits`; ``allow_large`` lifts the size limit).
     """
     path = Path(path)
     if not path.exists():
@@ -77,22 +112,20 @@ def read_ct(path: str | os.PathLike) -> CTVolume:
     if path.is_dir():
         from .dicom import read_dicom_series
 
-        return read_dicom_series(path)
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: not readable (permission denied)")
-    image = _read_file(path)
-    if volume_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti(path)
-    array, image = _checked_array(image, path)
+        return read_dicom_series(path, series=series, allow_large=allow_large)
+    if series:
+        raise InputError(f"{path}: --series applies to DICOM folders only")
+    array, image = _checked_read(path, allow_large)
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise InputError(f"{path}: contains {bad} NaN or infinite voxel values")
-    return CTVolume(array, geometry_from_sitk(image), name=stem(path))
+    return CTVolume(array, _geometry(image, path), name=stem(path))
 
 
-def read_labels(path: str | os.PathLike) -> LabelVolume:
-    """Read a labelmap (NIfTI/NRRD/MHA, or a Slicer ``.seg.nrrd``)."""
+def read_labels(path: str | os.PathLike, allow_large: bool = False) -> LabelVolume:
+    """Read a labelmap (NIfTI/NRRD/MHA, or a Slicer ``.seg.nrrd``) in the one label encoding (1 kidney, 2 tumor
+    for ``.seg.nrrd`` files, whose segments are recognised by name and terminology)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -101,11 +134,9 @@ def read_labels(path: str | os.PathLike) -> LabelVolume:
     if volume_suffix(path) == ".seg.nrrd":
         from .segfile import read_seg_nrrd
 
+        _check_file(path, allow_large)
         return read_seg_nrrd(path)
-    image = _read_file(path)
-    if volume_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti(path)
-    array, image = _checked_array(image, path)
+    array, image = _checked_read(path, allow_large)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.isfinite(array).all() or not np.allclose(array, np.round(array)):
             raise InputError(f"{path}: is not a labelmap (non-integer voxel values)")
@@ -116,7 +147,7 @@ def read_labels(path: str | os.PathLike) -> LabelVolume:
     from ..core.volume import LABEL_NAMES
 
     labels = {v: LABEL_NAMES.get(v, f"label_{v}") for v in values} or dict(LABEL_NAMES)
-    return LabelVolume(array, geometry_from_sitk(image), name=stem(path), labels=labels)
+    return LabelVolume(array, _geometry(image, path), name=stem(path), labels=labels)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -136,4 +167,5 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         sitk.WriteImage(to_sitk(volume), str(path), useCompression=compress)
     except RuntimeError as exc:
         raise OutputError(f"{path}: cannot be written ({str(exc).strip().splitlines()[-1][:160]})") from None
+    verify_volume_file(path, volume.shape, volume.geometry, volume.array.dtype.itemsize)
     return path

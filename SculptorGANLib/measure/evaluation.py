@@ -22,6 +22,8 @@ from .metrics import METRICS, label_metrics
 from ..core.volume import LabelVolume
 
 CLASSES = ("kidney", "tumor")
+#: How each class is named in tables: one definition of kidney Dice everywhere (KiTS19: kidney + tumor).
+CLASS_TITLES = {"kidney": "Kidney (kidney + tumor, KiTS19)", "tumor": "Tumor"}
 _BOX_METRICS = ("dice", "jaccard", "accuracy", "precision", "recall")
 
 
@@ -72,11 +74,42 @@ def _on_truth_grid(pred: LabelVolume, truth: LabelVolume) -> tuple[np.ndarray, b
     return resample_array(pred.array, pred.geometry, truth.geometry, truth.shape, label=True), True
 
 
+def _bounds(volume: LabelVolume) -> tuple[np.ndarray, np.ndarray]:
+    nz, ny, nx = volume.shape
+    corners = np.array([[i, j, k] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5) for k in (-0.5, nz - 0.5)])
+    points = volume.geometry.index_to_physical(corners)
+    return points.min(axis=0), points.max(axis=0)
+
+
+def grid_warning(pred: LabelVolume, truth: LabelVolume) -> str:
+    """'' when both share one grid; else what differs, and whether they overlap in space at all."""
+    if pred.same_grid(truth):
+        return ""
+    a, b = _bounds(pred), _bounds(truth)
+    overlap = np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None)
+    share = float(np.prod(overlap) / max(np.prod(b[1] - b[0]), 1e-9))
+    differs = [name for name, x, y in (("shape", pred.shape, truth.shape), ("spacing", pred.spacing, truth.spacing),
+                                       ("origin", pred.geometry.origin, truth.geometry.origin),
+                                       ("direction", pred.geometry.direction, truth.geometry.direction))
+               if not np.allclose(x, y, atol=1e-4)]
+    text = f"prediction and reference grids differ ({', '.join(differs)}); the prediction was resampled onto the reference grid"
+    if share <= 0:
+        return text + "; they do not overlap in space at all (a different patient or the wrong file?)"
+    if share < 0.5:
+        return text + f"; they overlap in only {share:.0%} of the reference's extent"
+    return text
+
+
 def evaluate_pair(pred: LabelVolume, truth: LabelVolume) -> dict:
-    """Metrics for one case (prediction resampled onto the truth grid when the grids differ)."""
+    """Metrics for one case (prediction resampled onto the truth grid when the grids differ).
+
+    'kidney' is kidney + tumor (the KiTS19 convention, as everywhere in this project), 'tumor' label 2;
+    ``grid_warning`` says how the grids differ ('' when they are the same).
+    """
     arr, resampled = _on_truth_grid(pred, truth)
     result = label_metrics(arr, truth.array, truth.spacing)
     result["resampled"] = resampled
+    result["grid_warning"] = grid_warning(pred, truth)
     return result
 
 
@@ -138,7 +171,7 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     """Markdown tables (one per class) with one row per model and the six metrics as columns."""
     lines = []
     for cls in CLASSES:
-        lines += [f"**{cls.capitalize()}**", "",
+        lines += [f"**{CLASS_TITLES[cls]}**", "",
                   "| model | cases | Dice | Jaccard | Accuracy | Precision | Recall | HD (mm) | HD95 (mm) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, s in summaries.items():
@@ -150,15 +183,8 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_evaluation(per_case: list[dict], out_dir: str | os.PathLike, name: str = "model", plots: bool = True) -> dict:
-    """per_case.csv/json, summary.json/md and box plots in ``out_dir``; returns the summary dict."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from ..core.errors import OutputError
-
-        raise OutputError(f"{out_dir}: cannot create output folder ({exc.strerror})") from None
+def _write_evaluation_files(per_case: list[dict], out_dir: Path, name: str, plots: bool,
+                            warnings: list[str]) -> dict:
     with open(out_dir / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "class"] + list(METRICS))
@@ -169,25 +195,57 @@ def write_evaluation(per_case: list[dict], out_dir: str | os.PathLike, name: str
     (out_dir / "per_case.json").write_text(json.dumps(per_case, indent=2) + "\n", encoding="utf-8")
     summary = summarize(per_case)
     summary["name"] = name
+    if warnings:
+        summary["warnings"] = list(warnings)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "summary.md").write_text(comparison_table({name: summary}), encoding="utf-8")
+    table = comparison_table({name: summary})
+    if warnings:
+        table += "\n**Warnings**\n\n" + "".join(f"- {w}\n" for w in warnings)
+    (out_dir / "summary.md").write_text(table, encoding="utf-8")
     if plots:
-        summary["plots"] = [str(p) for p in boxplots(per_case, out_dir, name)]
+        summary["plots"] = [p.name for p in boxplots(per_case, out_dir, name)]
+    return summary
+
+
+def write_evaluation(per_case: list[dict], out_dir: str | os.PathLike, name: str = "model", plots: bool = True,
+                     overwrite: bool = False, inputs=(), warnings: list[str] | None = None) -> dict:
+    """per_case.csv/json, summary.json/md and box plots in ``out_dir``, all or nothing; returns the summary dict.
+
+    ``out_dir`` is replaced as a whole; a folder holding files we did not write is refused unless ``overwrite``.
+    """
+    from ..core.errors import OutputError
+    from ..io.atomic import staged_output_dir
+
+    out_dir = Path(out_dir)
+    with staged_output_dir(out_dir, inputs, overwrite=overwrite, kind="evaluation") as stage:
+        try:
+            summary = _write_evaluation_files(per_case, stage, name, plots, list(warnings or []))
+        except OSError as exc:
+            raise OutputError(f"{out_dir}: cannot be written ({exc.strerror or exc})") from None
+    if plots:
+        summary["plots"] = [str(out_dir / p) for p in summary["plots"]]
     return summary
 
 
 def evaluate_files(pred_paths: str | os.PathLike, gt_paths: str | os.PathLike, out_dir: str | os.PathLike,
-                   name: str = "model", plots: bool = True) -> dict:
+                   name: str = "model", plots: bool = True, overwrite: bool = False) -> dict:
     """Evaluate a prediction file/folder against a ground-truth file/folder; write results to ``out_dir``.
 
-    Returns the summary dict (also in ``summary.json``) with ``per_case`` added.
+    Returns the summary dict (also in ``summary.json``) with ``per_case`` added and ``warnings`` (cases whose
+    grids differ, named by file).
     """
-    per_case = []
+    from ..io.atomic import check_output_dir, check_replaceable
+
+    check_replaceable(check_output_dir(out_dir, [pred_paths, gt_paths]), overwrite)
+    per_case, warnings = [], []
     for case, p, g in pair_files(pred_paths, gt_paths):
         truth, pred = read_labels(g), read_labels(p)
         result = evaluate_pair(pred, truth)
         result.update(case=case, prediction=str(p), truth=str(g), has_tumor=bool((truth.array == 2).any()))
+        if result["grid_warning"]:
+            warnings.append(f"{p} vs {g}: {result['grid_warning']}")
         per_case.append(result)
-    summary = write_evaluation(per_case, out_dir, name=name, plots=plots)
+    summary = write_evaluation(per_case, out_dir, name=name, plots=plots, overwrite=overwrite,
+                               inputs=[pred_paths, gt_paths], warnings=warnings)
     summary["per_case"] = per_case
     return summary

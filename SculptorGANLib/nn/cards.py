@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +45,105 @@ class ModelCard:
 
     @property
     def weights_path(self) -> Path:
-        base = self.path.parent if self.path else MODELS_DIR
-        return base / self.weights
+        """The weights file, which must lie in the card's folder (an InputError otherwise)."""
+        return confined_weights_path(self.path, self.weights)
 
     def to_json(self) -> dict:
         data = asdict(self)
         data.pop("path")
         return data
+
+
+#: Largest network a card may describe (parameters + buffers); the shipped ones have < 0.2 M.
+MAX_PARAMETERS = 50_000_000
+#: Largest safetensors header we parse (bytes).
+MAX_SAFETENSORS_HEADER = 16 << 20
+
+
+def confined_weights_path(card_path: Path | None, weights: str) -> Path:
+    """The weights file a card names, which must be a plain relative path inside the card's folder."""
+    base = (card_path.parent if card_path else MODELS_DIR).resolve()
+    where = card_path or MODELS_DIR
+    if not weights or not str(weights).strip():
+        return base / ""
+    candidate = Path(weights)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise InputError(f"{where}: weights path {weights!r} leaves the card's folder; "
+                         "weights must sit in the folder of their model card")
+    resolved = (base / candidate).resolve()
+    if base not in resolved.parents:
+        raise InputError(f"{where}: weights path {weights!r} resolves outside the card's folder ({resolved})")
+    return resolved
+
+
+def safetensors_numel(path: Path) -> int:
+    """Number of values in a safetensors file, from its JSON header only."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(8)
+            if len(raw) < 8:
+                raise ValueError("file too short")
+            length = struct.unpack("<Q", raw)[0]
+            if length > MAX_SAFETENSORS_HEADER:
+                raise ValueError(f"header of {length} bytes")
+            header = json.loads(handle.read(length))
+        return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: cannot be read as safetensors weights ({exc})") from None
+
+
+def network_numel(architecture: str, arch_args: dict, where) -> int | None:
+    """Values in the state dict of the network ``architecture(arch_args)``, built on the meta device; None
+    for architectures this library does not build."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            if architecture in ("wpunet", "monai_unet"):
+                from .wpunet import build_model
+
+                net = build_model(architecture, arch_args, fast_layout=False)
+            else:
+                from .gan import GENERATOR_ARCH, build_generator
+
+                if architecture != GENERATOR_ARCH:
+                    return None
+                net = build_generator(arch_args)
+    except Exception as exc:  # noqa: BLE001 - bad arch_args of any kind
+        raise InputError(f"{where}: cannot build {architecture!r} from its arch_args ({exc})") from None
+    return sum(v.numel() for v in net.state_dict().values())
+
+
+def check_network_size(architecture: str, arch_args: dict, weights: Path, where) -> None:
+    """Refuse a card whose network is huge or does not match its weights, before anything is allocated."""
+    stored = safetensors_numel(weights)
+    if stored > MAX_PARAMETERS:
+        raise InputError(f"{weights}: holds {stored:,} values, more than the {MAX_PARAMETERS:,} a model may have")
+    needed = network_numel(architecture, arch_args, where)
+    if needed is None:
+        return
+    if needed > MAX_PARAMETERS:
+        raise InputError(f"{where}: its arch_args describe a network of {needed:,} parameters "
+                         f"(limit {MAX_PARAMETERS:,}); refusing to build it")
+    if needed != stored:
+        raise InputError(f"{where}: its arch_args describe {needed:,} parameters but {weights.name} holds {stored:,}; "
+                         "card and weights do not belong together")
+
+
+def verify_card(card: ModelCard) -> ModelCard:
+    """Check ``card`` before anything is loaded or built: weights in its folder, a sha256 that matches them,
+    and a network whose size fits the limit and the weights (see :func:`check_network_size`)."""
+    path = card.weights_path
+    if not path.is_file():
+        raise InputError(f"{path}: weights file named by model card {card.path} not found")
+    digest = sha256_of(path)
+    if not str(card.sha256 or "").strip():
+        raise InputError(f"{card.path}: model card has no sha256 for its weights, so they cannot be verified; if you "
+                         f"trust {path.name}, add \"sha256\": \"{digest}\" to the card")
+    if digest != card.sha256:
+        raise InputError(f"{path}: checksum does not match its model card (corrupt or replaced file)")
+    check_network_size(card.architecture, card.arch_args, path, card.path or card.name)
+    return card
 
 
 def sha256_of(path: Path) -> str:
@@ -99,20 +193,21 @@ def find_model(task: str, name_or_path: str | None = None) -> ModelCard | None:
             card = matches[0]
         if card.task != task:
             raise InputError(f"{card.path}: is a {card.task} model, but a {task} model is needed")
-        return card
+        return verify_card(card)
     shipped = [c for c in list_models() if c.task == task]
-    return shipped[0] if shipped else None
+    return verify_card(shipped[0]) if shipped else None
 
 
 def load_weights(card: ModelCard, verify: bool = True) -> dict:
-    """The card's tensors (safetensors: no code is executed), after checking the sha256."""
+    """The card's tensors (safetensors: no code is executed), after :func:`verify_card` (unless ``verify``
+    is False: for cards made in this process, e.g. during training)."""
     from safetensors.torch import load_file
 
     path = card.weights_path
     if not path.is_file():
         raise InputError(f"{path}: weights file named by model card {card.path} not found")
-    if verify and card.sha256 and sha256_of(path) != card.sha256:
-        raise InputError(f"{path}: checksum does not match its model card (corrupt or replaced file)")
+    if verify:
+        verify_card(card)
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types

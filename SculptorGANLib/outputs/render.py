@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 
 from ..core.errors import SculptorGANError
-from ..surfaces.export import structure_color
+from ..core.structures import PREVIEW_COLORS
+
+
+def structure_color(name: str) -> tuple[float, float, float]:
+    """The preview colour of a structure (distinct per structure; grey when unknown)."""
+    return tuple(PREVIEW_COLORS.get(name, (0.7, 0.7, 0.7)))
+
 
 #: VTK render window classes tried in order (``VTK_DEFAULT_OPENGL_WINDOW`` values).
 BACKENDS = ("vtkEGLRenderWindow", "vtkOSOpenGLRenderWindow", "vtkXOpenGLRenderWindow")
