@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean slicer-envs
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PYTHONUTF8=1 VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(PY) -m pytest -q Testing
+
+# Python 3.9 (Slicer 5.8) compile + unit tests, and the worker with only Slicer's packages + the installer's list.
+slicer-envs:
+	bash Testing/slicer_envs.sh all
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -1,33 +1,32 @@
-import json
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
 import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, Minimum, Maximum, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from SculptorGANModuleLib import paths
+from SculptorGANModuleLib import advanced, paths
+from SculptorGANModuleLib.logic import (  # noqa: F401 — re-exported: the Logic's public names live here too
+    SculptorGANBackgroundRun,
+    SculptorGANExport,
+    SculptorGANLogicBase,
+    SculptorGANResult,
+    SculptorGANRunError,
+)
+from SculptorGANModuleLib.selftest import SculptorGANTest  # noqa: F401 — Slicer finds <Module>Test here
 
 PAPER = ("P. Suman Prakash, P. Kiran Rao, E. Suresh Babu, S. Bhatia Khan, A. Almusharraf, M. Tabrez Quasim: "
          "Decoupled SculptorGAN Framework for 3D Reconstruction and Enhanced Segmentation of Kidney Tumors "
          "in CT Images. IEEE Access 12 (2024). doi:10.1109/ACCESS.2024.3389504")
-DEVICES = {"auto": "auto", "GPU": "cuda", "CPU": "cpu"}  # GUI choice → library device name
+DEVICES = advanced.DEVICES  # GUI choice → library device name
 
 
 #
@@ -36,7 +35,7 @@ DEVICES = {"auto": "auto", "GPU": "cuda", "CPU": "cpu"}  # GUI choice → librar
 
 
 class SculptorGAN(ScriptedLoadableModule):
-    """Module metadata (title, category, help and acknowledgement)."""
+    """Module metadata (title, category, help and acknowledgement); registers the phantom as sample data."""
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -47,8 +46,9 @@ class SculptorGAN(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Kidney and kidney-tumor 3D models from a CT: fills in missing or thick slices (SculptorGAN slice
 interpolation), segments the left and right kidney and the tumor, and builds smoothed 3D models with
-measurements. Results are new nodes; the input volume is never modified. Correct the masks in the
-Segment Editor, then update and export the models.
+measurements. An optional ROI restricts the work to a box around the kidneys. Results are new nodes;
+the input volume is never modified. Correct the masks in the Segment Editor, then update and export
+the models. Try it on the phantom in the Sample Data module.
 See the <a href="https://github.com/SculptorGAN/SlicerSculptorGAN#3d-slicer">module documentation</a>.
 <br><b>Research software, not for clinical use.</b>
 """)
@@ -61,6 +61,11 @@ This module implements the method described in: {paper}
                 self.parent.icon = qt.QIcon(icon)
         except RuntimeError:
             pass
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "connect"):
+            from SculptorGANModuleLib.sampledata import registerSampleData
+
+            app.connect("startupCompleted()", registerSampleData)
 
 
 #
@@ -72,20 +77,21 @@ This module implements the method described in: {paper}
 class SculptorGANParameterNode:
     """What the panel shows; saved with the scene.
 
-    inputVolume - the CT to process (never modified).
+    inputVolume - the CT to process (never modified). roi - optional box restricting the work.
     interpolate / segment / makeModels - the steps to run.
     factor, targetSpacing - through-plane upsampling: factor K, or a spacing in mm (0 = use the factor).
     missingSlices - indices of slices that were not acquired (e.g. "12, 13"), synthesized when fillMissing.
     smoothing - 3D model smoothing 0–1 (Slicer's closed-surface smoothing factor).
-    device - auto (GPU when present), GPU or CPU.
+    device - auto (a CUDA GPU when present, else CPU), GPU or CPU.
     modelCard - a user's segmentation model card (.json); empty = the shipped default.
-       (modelCard and exportFolder are strings synced by hand with their path widgets, so that "no
-       path" shows as an empty field rather than as ".")
+    advancedOptions - JSON of the Advanced section's non-default values (library option names).
+       (modelCard, exportFolder and advancedOptions are synced by hand with their widgets.)
     outputVolume, outputSegmentation - the last results (Update models / Export act on the segmentation).
     exportFolder, exportFormat, exportCoordinates - where and how Export models writes.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    roi: vtkMRMLMarkupsROINode
     interpolate: bool = True
     factor: Annotated[int, Minimum(1), Maximum(16)] = 2
     targetSpacing: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
@@ -96,11 +102,24 @@ class SculptorGANParameterNode:
     smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     device: Annotated[str, Choice(["auto", "GPU", "CPU"])] = "auto"
     modelCard: str = ""
+    advancedOptions: str = ""
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     exportFolder: str = ""
     exportFormat: Annotated[str, Choice(["STL", "OBJ"])] = "STL"
     exportCoordinates: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
+
+
+#
+# SculptorGANLogic
+#
+
+
+class SculptorGANLogic(SculptorGANLogicBase):
+    """Everything the panel does (see :class:`SculptorGANModuleLib.logic.SculptorGANLogicBase`)."""
+
+    def getParameterNode(self):
+        return SculptorGANParameterNode(super().getParameterNode())
 
 
 #
@@ -119,6 +138,8 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._timer = None
+        self._advancedWidgets = {}
+        self._syncingAdvanced = False
 
     def resourcePath(self, filename):
         return paths.resourcePath(filename)  # Resources may sit one folder up (source tree, extension)
@@ -143,9 +164,11 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
         self.ui.updateModelsButton.connect("clicked(bool)", self.onUpdateModelsButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
-        # Two path widgets are synced by hand (string parameters; see SculptorGANParameterNode).
+        # Path widgets and the Advanced section are synced by hand (see SculptorGANParameterNode).
         self.ui.modelCardPathLineEdit.connect("currentPathChanged(QString)", self.onModelCardChanged)
         self.ui.exportFolderButton.connect("directoryChanged(QString)", self.onExportFolderChanged)
+        self._advancedWidgets = advanced.buildWidgets(qt, self.ui.advancedOptionsWidget.layout(),
+                                                      self.onAdvancedChanged)
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
 
@@ -214,6 +237,26 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelCardPathLineEdit.currentPath = p.modelCard
             if p.exportFolder and self.ui.exportFolderButton.directory != p.exportFolder:
                 self.ui.exportFolderButton.directory = p.exportFolder
+            self._showAdvanced(advanced.decode(p.advancedOptions))
+
+    def _showAdvanced(self, values: dict) -> None:
+        self._syncingAdvanced = True
+        try:
+            for spec in advanced.advancedSpecs():
+                widget = self._advancedWidgets.get(spec.name)
+                if widget is not None and advanced.readWidget(spec, widget) != values.get(spec.name, spec.default):
+                    advanced.writeWidget(spec, widget, values.get(spec.name))
+        finally:
+            self._syncingAdvanced = False
+
+    def onAdvancedChanged(self) -> None:
+        if self._syncingAdvanced or not self._parameterNode:
+            return
+        values = {spec.name: advanced.readWidget(spec, self._advancedWidgets[spec.name])
+                  for spec in advanced.advancedSpecs() if spec.name in self._advancedWidgets}
+        text = advanced.encode(values)
+        if self._parameterNode.advancedOptions != text:
+            self._parameterNode.advancedOptions = text
 
     def onModelCardChanged(self, path: str) -> None:
         if self._parameterNode and self._parameterNode.modelCard != path:
@@ -233,11 +276,13 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = dependencies.missingPackages()
         if not missing:
             return True
+        outdated = dependencies.outdatedMessage()
         if not slicer.util.confirmOkCancelDisplay(
-                _("SculptorGAN needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
+                _("SculptorGAN needs these Python packages, which are not installed yet{outdated}:\n\n{packages}\n\n"
                   "Install them now? This downloads them from the internet and may take several minutes. "
                   "(PyTorch is installed through the PyTorch extension when it is available.)").format(
-                    packages="\n".join(missing)), windowTitle=_("Install Python packages")):
+                    packages="\n".join(missing), outdated=f" or too old ({outdated})" if outdated else ""),
+                windowTitle=_("Install Python packages")):
             self._log(_("Installation declined; the pipeline cannot run without: {packages}").format(
                 packages=", ".join(missing)))
             return False
@@ -267,13 +312,16 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("SculptorGAN could not start."), waitCursor=True):
                 options = self.logic.optionsFromParameterNode(self._parameterNode)
                 self.ui.logTextEdit.clear()
-                self._run = self.logic.startProcessing(self._parameterNode.inputVolume, options)
+                self._run = self.logic.startProcessing(self._parameterNode.inputVolume, options,
+                                                       roi=self._parameterNode.roi)
         except Exception as error:  # already shown to the user
             logging.error("SculptorGAN could not start: %s", error)
             self.ui.statusLabel.text = _("Could not start: {error}").format(error=error)
             return
         self._log(_("Started: {steps} (device: {device})").format(steps=", ".join(options.steps),
                                                                   device=options.device))
+        if self._run.frame.note:
+            self._log(_("Note: {note}").format(note=self._run.frame.note))
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = _("Starting…")
@@ -304,7 +352,7 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = error.userMessage()
             if error.kind != "cancelled":
                 slicer.util.errorDisplay(error.userMessage(), windowTitle=_("SculptorGAN"))
-        except Exception as error:  # loading results failed
+        except Exception as error:  # loading results failed (and added nothing)
             logging.exception("SculptorGAN: loading results failed")
             slicer.util.errorDisplay(_("Loading the results failed: {error}").format(error=error))
         else:
@@ -344,11 +392,8 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.SegmentEditorWidget.editor
         editor.setSegmentationNode(p.outputSegmentation)
-        source = self.logic.referenceVolume(p.outputSegmentation) or p.outputVolume or p.inputVolume
-        if hasattr(editor, "setSourceVolumeNode"):
-            editor.setSourceVolumeNode(source)
-        else:  # Slicer < 5.4
-            editor.setMasterVolumeNode(source)
+        editor.setSourceVolumeNode(self.logic.referenceVolume(p.outputSegmentation) or p.outputVolume or
+                                   p.inputVolume)
 
     def onUpdateModelsButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Updating the models failed."), waitCursor=True):
@@ -370,376 +415,3 @@ class SculptorGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             exported = self.logic.exportModels(p.outputSegmentation, folder, p.exportFormat, p.exportCoordinates)
             self._log(_("Exported {count} files to {folder}").format(count=len(exported.files), folder=folder))
             self.ui.statusLabel.text = _("Exported to {folder}").format(folder=folder)
-
-
-#
-# SculptorGANLogic
-#
-
-
-class SculptorGANRunError(Exception):
-    """A pipeline run that did not produce results: ``kind`` as in the worker protocol."""
-
-    MESSAGES = {
-        "cancelled": lambda m: _("Cancelled. Nothing was added to the scene."),
-        "no_gpu": lambda m: _("No usable GPU: {message}. Choose Device: auto or CPU.").format(message=m),
-        "out_of_memory": lambda m: _("Out of memory ({message}). Try Device: CPU, a smaller factor or larger "
-                                     "target spacing, or crop the CT first (Crop Volume module).").format(message=m),
-        "missing_dependency": lambda m: _("A required Python package is missing ({message}). Click Apply again "
-                                          "to install it.").format(message=m),
-        "input": lambda m: _("The input cannot be processed: {message}").format(message=m),
-    }
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(f"{kind}: {message}")
-        self.kind, self.message = kind, message
-
-    def userMessage(self) -> str:
-        make = self.MESSAGES.get(self.kind)
-        return make(self.message) if make else _("Processing failed: {message}").format(message=self.message)
-
-
-@dataclass
-class SculptorGANOptions:
-    """One run's settings (library names: device 'auto'/'cuda'/'cpu')."""
-
-    steps: tuple = ("interpolate", "segment", "surfaces")
-    factor: Optional[int] = None
-    targetSpacing: Optional[float] = None
-    fillMissing: bool = True
-    missingSlices: tuple = ()
-    device: str = "auto"
-    model: str = ""
-    smoothing: float = 0.5
-
-    def workerArguments(self, inputPath: str, outputDir: str) -> list:
-        args = ["--input", inputPath, "--output", outputDir, "--device", self.device,
-                "--steps", ",".join(s for s in self.steps if s != "surfaces")]
-        if self.factor is not None:
-            args += ["--factor", str(self.factor)]
-        if self.targetSpacing is not None:
-            args += ["--target-spacing", repr(float(self.targetSpacing))]
-        if not self.fillMissing:
-            args.append("--no-fill-missing")
-        if self.missingSlices:
-            args += ["--missing", ",".join(str(i) for i in self.missingSlices)]
-        if self.model:
-            args += ["--model", self.model]
-        return args
-
-    def request(self) -> dict:
-        return {"steps": [s for s in self.steps if s != "surfaces"], "factor": self.factor,
-                "target_spacing": self.targetSpacing, "fill_missing": self.fillMissing,
-                "device": self.device, "model": self.model}
-
-
-@dataclass
-class SculptorGANResult:
-    """The nodes one run created (volumeNode is None when no interpolation was done)."""
-
-    volumeNode: Optional[object] = None
-    segmentationNode: Optional[object] = None
-    tableNode: Optional[object] = None  # measurements (when 3D models were made)
-    info: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        lines = []
-        for step, info in self.info.get("methods", {}).items():
-            seconds = self.info.get("timings_s", {}).get(step)
-            lines.append(f"{step}: {info.get('method', '')}" + (f" ({seconds:.1f} s)" if seconds else ""))
-            lines += [f"  note: {note}" for note in info.get("notes", [])]
-        return "\n".join(lines)
-
-
-@dataclass
-class SculptorGANExport:
-    files: list
-    tableNode: object
-    csvPath: str
-
-
-@dataclass
-class SculptorGANBackgroundRun:
-    """A worker started by :meth:`SculptorGANLogic.startProcessing` (poll ``job``; then ``finishProcessing``)."""
-
-    job: object
-    inputVolumeNode: object
-    options: SculptorGANOptions
-    tempDir: str
-    started: float
-
-
-class SculptorGANLogic(ScriptedLoadableModuleLogic):
-    """Everything the panel does, callable from Slicer's Python console without the panel.
-
-    The pipeline itself is SculptorGANLib's; this class converts MRML nodes to and from the library's
-    volumes (exact geometry) and creates the result nodes.
-
-    Example::
-
-        logic = SculptorGAN.SculptorGANLogic()
-        result = logic.process(getNode("CT"), factor=2, device="auto")
-        result.volumeNode, result.segmentationNode
-    """
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        paths.ensureLibraryImportable()
-
-    def getParameterNode(self):
-        return SculptorGANParameterNode(super().getParameterNode())
-
-    # --------------------------------------------------------------------------------- options
-    @staticmethod
-    def optionsFromParameterNode(p) -> SculptorGANOptions:
-        steps = tuple(s for s, on in (("interpolate", p.interpolate), ("segment", p.segment),
-                                      ("surfaces", p.segment and p.makeModels)) if on)
-        if not steps:
-            raise ValueError(_("Check at least one step."))
-        spacing = float(p.targetSpacing) if p.targetSpacing > 0 else None
-        missing = tuple(int(v) for v in p.missingSlices.replace(";", ",").replace(" ", ",").split(",") if v.strip())
-        model = p.modelCard.strip()
-        return SculptorGANOptions(
-            steps=steps, factor=None if spacing else int(p.factor), targetSpacing=spacing,
-            fillMissing=bool(p.fillMissing), missingSlices=missing if (p.fillMissing and p.interpolate) else (),
-            device=DEVICES.get(p.device, "auto"), model=model, smoothing=float(p.smoothing))
-
-    @staticmethod
-    def _options(options=None, **kwargs) -> SculptorGANOptions:
-        if options is None:
-            options = SculptorGANOptions(**kwargs)
-        elif kwargs:
-            raise TypeError("give either options or keyword arguments")
-        unknown = [s for s in options.steps if s not in ("interpolate", "segment", "surfaces")]
-        if unknown or not options.steps:
-            raise ValueError(f"steps must be some of interpolate, segment, surfaces; got {options.steps}")
-        if "surfaces" in options.steps and "segment" not in options.steps:
-            raise ValueError("the surfaces step needs the segment step")
-        return options
-
-    # --------------------------------------------------------------------------------- synchronous
-    def process(self, inputVolumeNode, options: Optional[SculptorGANOptions] = None, progress=None, cancel=None,
-                useWorker: bool = False, **kwargs) -> SculptorGANResult:
-        """Run the pipeline on ``inputVolumeNode`` and return the created nodes (input untouched).
-
-        Keyword arguments are :class:`SculptorGANOptions` fields (steps, factor, targetSpacing,
-        fillMissing, missingSlices, device, model, smoothing). ``progress(fraction, message)`` and
-        ``cancel() -> bool`` are optional callbacks. In-process by default; ``useWorker=True`` runs the
-        same ``PythonSlicer`` subprocess as the panel and waits for it.
-        """
-        import time
-
-        options = self._options(options, **kwargs)
-        if useWorker:
-            run = self.startProcessing(inputVolumeNode, options)
-
-            def forward(event):
-                if event.get("event") == "progress" and progress:
-                    progress(float(event.get("fraction", 0)), event.get("message", ""))
-                if cancel and cancel():
-                    run.job.cancel()
-
-            run.job.wait(onEvent=forward)
-            return self.finishProcessing(run)
-        from SculptorGANLib.slicer_worker import classify, run_request, with_missing_slices
-        from SculptorGANModuleLib import mrml
-
-        started = time.perf_counter()
-        try:
-            ct = mrml.ctVolumeFromNode(inputVolumeNode)
-            if options.missingSlices:
-                ct = with_missing_slices(ct, options.missingSlices)
-            outputs = run_request(ct, options.request(), progress=progress, cancel=cancel)
-        except Exception as exc:
-            kind, message = classify(exc)
-            raise SculptorGANRunError(kind, message) from exc
-        result = self._createResultNodes(inputVolumeNode, outputs.ct if outputs.interpolated else None,
-                                         outputs.structures, options, outputs.info)
-        result.seconds = time.perf_counter() - started
-        return result
-
-    # --------------------------------------------------------------------------------- background
-    def startProcessing(self, inputVolumeNode, options: Optional[SculptorGANOptions] = None, python=None,
-                        extraArguments=(), **kwargs) -> SculptorGANBackgroundRun:
-        """Write the input to a temporary file and start the worker; returns at once."""
-        import time
-
-        from SculptorGANLib.io.volumes import write_volume
-        from SculptorGANModuleLib import mrml
-        from SculptorGANModuleLib.worker import WorkerJob
-
-        options = self._options(options, **kwargs)
-        base = getattr(getattr(slicer, "app", None), "temporaryPath", None) or tempfile.gettempdir()
-        tempDir = tempfile.mkdtemp(prefix="SculptorGAN-", dir=base)
-        try:
-            inputPath = os.path.join(tempDir, "input.nrrd")
-            write_volume(mrml.ctVolumeFromNode(inputVolumeNode), inputPath, compress=False)
-            outputDir = os.path.join(tempDir, "output")
-            job = WorkerJob(options.workerArguments(inputPath, outputDir) + list(extraArguments), python=python)
-        except Exception:
-            shutil.rmtree(tempDir, ignore_errors=True)
-            raise
-        return SculptorGANBackgroundRun(job, inputVolumeNode, options, tempDir, time.perf_counter())
-
-    def finishProcessing(self, run: SculptorGANBackgroundRun) -> SculptorGANResult:
-        """Load a finished worker's outputs as nodes (raises :class:`SculptorGANRunError` if it failed)."""
-        import time
-
-        from SculptorGANLib.slicer_worker import EXIT_CODES, MANIFEST, read_outputs
-
-        try:
-            run.job.wait()
-            outputDir = os.path.join(run.tempDir, "output")
-            code = run.job.returncode
-            if code != 0 or not os.path.isfile(os.path.join(outputDir, MANIFEST)):
-                last = run.job.lastEvent or {}
-                kinds = {v: k for k, v in EXIT_CODES.items()}
-                kind = last.get("kind") or kinds.get(code, "cancelled" if run.job.cancelRequestedAt else "error")
-                message = last.get("message") or f"the worker stopped with exit code {code}"
-                raise SculptorGANRunError(kind, message)
-            if run.inputVolumeNode.GetScene() is None:  # the scene was closed while the worker ran
-                raise SculptorGANRunError("cancelled", "the input volume was removed from the scene")
-            manifest, ct, structures = read_outputs(outputDir)
-            result = self._createResultNodes(run.inputVolumeNode, ct, structures, run.options, manifest.get("info", {}))
-            result.seconds = time.perf_counter() - run.started
-            return result
-        finally:
-            run.job.close()
-            shutil.rmtree(run.tempDir, ignore_errors=True)
-
-    # --------------------------------------------------------------------------------- nodes
-    def _createResultNodes(self, inputVolumeNode, ct, structures, options, info) -> SculptorGANResult:
-        import time
-
-        from SculptorGANModuleLib import mrml
-
-        scene = inputVolumeNode.GetScene()
-        name = inputVolumeNode.GetName()
-        result = SculptorGANResult(info=json.loads(json.dumps(info, default=str)))  # a copy
-        if ct is not None:
-            result.volumeNode = mrml.volumeNodeFromCT(ct, f"{name} SculptorGAN", scene, inputVolumeNode)
-            mrml.placeInStudyOf(result.volumeNode, inputVolumeNode)
-        if structures is not None:
-            reference = result.volumeNode or inputVolumeNode
-            segNode = mrml.segmentationNodeFromLabels(structures, reference, f"{name} SculptorGAN segmentation", scene)
-            mrml.placeInStudyOf(segNode, inputVolumeNode)
-            if "surfaces" in options.steps:
-                started = time.perf_counter()
-                mrml.updateClosedSurfaces(segNode, options.smoothing)
-                self.showIn3D(segNode, options.smoothing)
-                result.info.setdefault("methods", {})["surfaces"] = {
-                    "method": f"Slicer closed-surface representation (smoothing {options.smoothing:g})"}
-                result.info.setdefault("timings_s", {})["surfaces"] = round(time.perf_counter() - started, 3)
-                try:
-                    result.tableNode = self._updateMeasurements(segNode)[0]
-                except Exception as error:  # the models are there; the table can be made with Update models
-                    logging.warning("SculptorGAN: measurements failed: %s", error)
-            result.segmentationNode = segNode
-        return result
-
-    @staticmethod
-    def referenceVolume(segNode):
-        if segNode is None:
-            return None
-        return segNode.GetNodeReference(segNode.GetReferenceImageGeometryReferenceRole())
-
-    def showIn3D(self, segNode, smoothing: Optional[float] = None) -> None:
-        """Closed surfaces built (if missing) and shown in the 3D view."""
-        from SculptorGANModuleLib import mrml
-
-        if segNode is None:
-            raise ValueError(_("No segmentation selected."))
-        if not segNode.GetSegmentation().ContainsRepresentation("Closed surface"):
-            mrml.updateClosedSurfaces(segNode, 0.5 if smoothing is None else smoothing)
-        if segNode.GetDisplayNode() is None:
-            segNode.CreateDefaultDisplayNodes()
-        display = segNode.GetDisplayNode()
-        display.SetVisibility(True)
-        display.SetVisibility3D(True)
-        display.SetPreferredDisplayRepresentationName3D("Closed surface")
-
-    def _updateMeasurements(self, segNode):
-        """Create or refresh the segmentation's measurement table node; returns (table, measurements)."""
-        from SculptorGANModuleLib import export
-
-        reference = self.referenceVolume(segNode)
-        if reference is None:
-            raise ValueError(_("The segmentation has no reference volume."))
-        table, measurements = export.measurementTable(segNode, reference,
-                                                      segNode.GetNodeReference("SculptorGANMeasurements"))
-        segNode.SetNodeReferenceID("SculptorGANMeasurements", table.GetID())
-        return table, measurements
-
-    def updateModels(self, segNode, smoothing: float = 0.5):
-        """Rebuild the closed surfaces after edits and refresh the measurement table; returns the table node."""
-        from SculptorGANModuleLib import mrml
-
-        if segNode is None:
-            raise ValueError(_("No segmentation selected."))
-        mrml.updateClosedSurfaces(segNode, smoothing)
-        self.showIn3D(segNode, smoothing)
-        return self._updateMeasurements(segNode)[0]
-
-    def exportModels(self, segNode, folder: str, fileFormat: str = "STL", coordinates: str = "LPS") -> SculptorGANExport:
-        """Write the models (STL per segment or one OBJ; LPS or RAS) and ``measurements.csv`` to ``folder``."""
-        from SculptorGANModuleLib import export
-
-        if segNode is None:
-            raise ValueError(_("No segmentation selected."))
-        files = export.exportModels(segNode, folder, fileFormat, coordinates)
-        table, measurements = self._updateMeasurements(segNode)
-        csvPath = export.writeMeasurementsCSV(measurements, os.path.join(folder, "measurements.csv"))
-        return SculptorGANExport(files + [csvPath], table, csvPath)
-
-
-#
-# SculptorGANTest
-#
-
-
-class SculptorGANTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Reload and Test, or ctest with the generic tests): phantom CT → nodes → export."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_SculptorGAN_phantom()
-
-    def _phantomNode(self):
-        from SculptorGANLib.synthetic.phantom import make_phantom
-        from SculptorGANModuleLib import mrml
-
-        paths.ensureLibraryImportable()
-        ct, _labels = make_phantom(shape=(24, 48, 48), spacing=(6.0, 6.0, 6.0), seed=3)
-        return mrml.volumeNodeFromCT(ct, "SculptorGAN phantom", slicer.mrmlScene)
-
-    def test_SculptorGAN_phantom(self):
-        import numpy as np
-
-        from SculptorGANModuleLib import dependencies, mrml
-
-        missing = dependencies.missingPackages()
-        if missing:  # e.g. a build machine without PyTorch: say so instead of failing somewhere inside
-            self.skipTest(f"Python packages not installed: {', '.join(missing)} (click Apply once to install)")
-        self.delayDisplay("Starting the test")
-        inputNode = self._phantomNode()
-        before = np.array(slicer.util.arrayFromVolume(inputNode))
-        logic = SculptorGANLogic()
-        result = logic.process(inputNode, steps=("interpolate", "segment", "surfaces"), factor=2, device="cpu",
-                               useWorker=True)
-        self.assertIsNotNone(result.volumeNode)
-        self.assertEqual(slicer.util.arrayFromVolume(result.volumeNode).shape[0], 2 * before.shape[0] - 1)
-        names = [result.segmentationNode.GetSegmentation().GetSegment(s).GetName()
-                 for s in mrml.segmentIds(result.segmentationNode)]
-        self.assertEqual(names[:3], ["Kidney left", "Kidney right", "Tumor"])
-        self.assertTrue(result.segmentationNode.GetSegmentation().ContainsRepresentation("Closed surface"))
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(inputNode), before)
-        folder = tempfile.mkdtemp(prefix="SculptorGANTest-")
-        exported = logic.exportModels(result.segmentationNode, folder)
-        self.assertTrue(os.path.isfile(exported.csvPath))
-        self.assertTrue(any(f.lower().endswith(".stl") for f in exported.files))
-        shutil.rmtree(folder, ignore_errors=True)
-        self.delayDisplay("Test passed")

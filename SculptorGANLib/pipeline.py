@@ -111,6 +111,18 @@ def _run_surfaces(result: PipelineResult, options: PipelineOptions) -> tuple[dic
     return meshes, measurements, info
 
 
+def _apply_roi(result: PipelineResult, options: PipelineOptions):
+    """Crop ``result.ct`` to ``options.roi`` plus context (:mod:`.core.roi`); returns the ROI or None."""
+    from .core.roi import crop_to_roi, parse_roi
+
+    roi = parse_roi(options.roi)
+    if roi is not None:
+        result.ct = crop_to_roi(result.ct, roi)
+        result.methods["roi"] = {"method": f"cropped to the ROI: {result.input.shape} -> {result.ct.shape} voxels "
+                                           "(z, y, x)", "roi": roi.to_dict()}
+    return roi
+
+
 def run_pipeline(ct: CTVolume, options: PipelineOptions | None = None, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> PipelineResult:
     """Run the chosen steps on ``ct`` (never modified; ``options.missing_slices`` are marked on a copy) and
@@ -119,6 +131,7 @@ def run_pipeline(ct: CTVolume, options: PipelineOptions | None = None, progress:
     if options.missing_slices:
         ct = ct.with_missing(options.missing_slices)
     result = PipelineResult(input=ct, ct=ct)
+    roi = _apply_roi(result, options)
     steps = [s for s in STEPS if s in options.steps]
     total = sum(_STAGE_WEIGHT[s] for s in steps) or 1.0
     done = 0.0
@@ -131,6 +144,10 @@ def run_pipeline(ct: CTVolume, options: PipelineOptions | None = None, progress:
             result.ct, result.methods[step] = _run_interpolate(result.ct, options, stage_progress, cancel)
         elif step == "segment":
             result.labels, result.methods[step] = _run_segment(result.ct, options, stage_progress, cancel)
+            if roi is not None:  # nothing outside the box the user drew
+                from .core.roi import clear_outside
+
+                result.labels = clear_outside(result.labels, roi)
         elif step == "surfaces":
             if result.labels is None:
                 raise SculptorGANError("the surfaces step needs a segmentation: add the segment step")

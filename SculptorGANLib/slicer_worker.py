@@ -9,8 +9,14 @@ JSON event, anything else is ordinary log output::
     @@SCULPTORGAN {"event": "done", "manifest": "/tmp/x/manifest.json"}
     @@SCULPTORGAN {"event": "error", "kind": "cancelled", "message": "cancelled by the user"}
 
+The run's options come as ONE JSON document (``--options '{...}'`` or ``--options @file.json``):
+the fields of :class:`~SculptorGANLib.core.options.PipelineOptions` (:meth:`to_json`), the same
+schema the CLI's flags and the Slicer panel are built from — the worker has no option flags of its own.
+
 With ``--cancel-on-stdin`` a line ``cancel`` on stdin (or stdin closing, e.g. because Slicer went
-away) stops the run at the next check. Outputs appear in ``--output`` only when the run succeeds:
+away) stops the run at the next check; with ``--cancel-file F`` so does F appearing (Slicer's
+``PythonSlicer`` launcher need not forward stdin to the real Python). Output is UTF-8 on every
+platform; device ``auto`` means CUDA when usable, else the CPU (never Apple MPS). Outputs appear in ``--output`` only when the run succeeds:
 they are written to a staging folder first and ``manifest.json`` is written last, so a cancelled or
 failed run leaves nothing that could be half-loaded. Exit codes are in :data:`EXIT_CODES`.
 
@@ -36,8 +42,6 @@ PREFIX = "@@SCULPTORGAN "
 EXIT_CODES: dict[str, int] = {
     "ok": 0, "error": 1, "input": 2, "cancelled": 3, "out_of_memory": 4, "missing_dependency": 5, "no_gpu": 6,
 }
-#: Label values of the structure labelmap handed to Slicer (one segment per structure).
-STRUCTURE_VALUES: dict[str, int] = {"kidney_left": 1, "kidney_right": 2, "tumor": 3}
 #: Pipeline steps the worker runs; 3D models are made by Slicer itself (closed-surface representation).
 WORKER_STEPS = ("interpolate", "segment")
 MANIFEST = "manifest.json"
@@ -49,57 +53,59 @@ class WorkerOutputs:
 
     ct: Any                      # CTVolume on the output grid
     interpolated: bool           # False when the CT is the input unchanged
-    structures: Any = None       # LabelVolume with STRUCTURE_VALUES (+ further labels), or None
+    structures: Any = None       # LabelVolume in core.structures' per-structure values, or None
     info: dict = field(default_factory=dict)
 
 
-def pipeline_options(request: dict):
-    """:class:`PipelineOptions` from a request dict (keys as in :func:`build_parser`)."""
-    from .pipeline import PipelineOptions
+def worker_device(name: str | None) -> str:
+    """The device the worker uses: "auto" is CUDA when present, else the CPU — never Apple MPS, whose
+    3D convolutions are unreliable (as other Slicer AI extensions do; an explicit "mps" is honoured)."""
+    name = (name or "auto").lower()
+    if name != "auto":
+        return name
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-    steps = tuple(s for s in request.get("steps", WORKER_STEPS) if s in WORKER_STEPS)
-    return PipelineOptions(steps=steps, factor=request.get("factor"), target_spacing=request.get("target_spacing"),
-                           fill_missing=request.get("fill_missing", True),
-                           interpolation_method=request.get("interpolation_method"),
-                           segmentation_model=request.get("model") or None, device=request.get("device", "auto"))
+
+def pipeline_options(request):
+    """:class:`PipelineOptions` for the worker from a request (a to_json dict or PipelineOptions):
+    only the steps it runs (3D models are Slicer's), device auto resolved by :func:`worker_device`."""
+    from dataclasses import replace
+
+    from .core.options import PipelineOptions
+
+    options = request if isinstance(request, PipelineOptions) else PipelineOptions.from_json(request)
+    steps = tuple(s for s in options.steps if s in WORKER_STEPS)
+    return replace(options, steps=steps, device=worker_device(options.device))
 
 
 def structure_labels(labels, ct_array=None):
-    """LabelVolume with one fixed value per structure: kidney_left 1, kidney_right 2, tumor 3, others after."""
+    """LabelVolume with the one fixed value per structure of :mod:`.core.structures` (Kidney left 1,
+    Kidney right 2, Tumor 3, further names after), all three always named."""
     import numpy as np
 
     from .core.anatomy import split_structures
+    from .core.structures import STRUCTURES, structure_value
     from .core.volume import LabelVolume
 
     masks = split_structures(labels, ct_array)
     array = np.zeros(labels.shape, np.uint8)
-    names = dict((v, k) for k, v in STRUCTURE_VALUES.items())
-    next_value = max(STRUCTURE_VALUES.values()) + 1
+    names = {s.value: s.name for s in STRUCTURES}
+    known = {s.name for s in STRUCTURES}
+    unknown = [n for n in masks if n not in known]
     for name, mask in masks.items():
-        value = STRUCTURE_VALUES.get(name)
-        if value is None:
-            value, next_value = next_value, next_value + 1
-            names[value] = name
+        value = structure_value(name, unknown.index(name) if name in unknown else 0)
+        names[value] = name
         array[mask] = value
     return LabelVolume(array, labels.geometry, name=labels.name, labels=names)
 
 
-def with_missing_slices(ct, indices):
-    """``ct`` with the given slices marked as not acquired (``indices``: ints or a "12, 13" string)."""
-    from .core.errors import InputError
-
-    try:
-        if isinstance(indices, str):
-            indices = [int(v) for v in indices.replace(";", ",").replace(" ", ",").split(",") if v.strip()]
-        return ct.with_missing(tuple(int(i) for i in indices))
-    except (ValueError, InputError):
-        raise InputError(f"missing slices {indices!r}: give indices of inner slices 1..{ct.shape[0] - 2}, "
-                         "separated by commas") from None
-
-
-def run_request(ct, request: dict, progress: Callable[[float, str], None] | None = None,
+def run_request(ct, request, progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> WorkerOutputs:
-    """Run the requested steps on ``ct`` (a CTVolume, never modified)."""
+    """Run the requested steps on ``ct`` (a CTVolume, never modified); ``request`` as for :func:`pipeline_options`."""
     from .pipeline import run_pipeline
 
     options = pipeline_options(request)
@@ -108,8 +114,12 @@ def run_request(ct, request: dict, progress: Callable[[float, str], None] | None
     if result.labels is not None:
         same = result.ct.same_grid(result.labels)
         structures = structure_labels(result.labels, result.ct.array if same else None)
-    info = {"methods": result.methods, "timings_s": result.timings, "steps": list(options.steps)}
-    return WorkerOutputs(result.ct, result.ct is not ct, structures, info)
+    info = {"methods": result.methods, "timings_s": result.timings, "steps": list(options.steps),
+            "device": options.device}
+    # a new CT only when slices were made (a ROI crop alone is not worth a volume: segments keep their grid)
+    interpolated = "interpolate" in options.steps and not str(
+        result.methods.get("interpolate", {}).get("method", "none")).startswith("none")
+    return WorkerOutputs(result.ct, interpolated, structures, info)
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -232,45 +242,79 @@ def read_outputs(out_dir: str | os.PathLike) -> tuple[dict, Any, Any]:
 
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
+    """Files and protocol only: every pipeline option comes in the one ``--options`` JSON document."""
     p = argparse.ArgumentParser(prog="python -m SculptorGANLib.slicer_worker",
                                 description="SculptorGAN pipeline worker for 3D Slicer (machine-readable progress)")
     p.add_argument("--input", required=True, help="input CT (NRRD/NIfTI/MHA) written by Slicer")
     p.add_argument("--output", required=True, help="folder for the outputs and manifest.json")
-    p.add_argument("--steps", default=",".join(WORKER_STEPS), help="comma-separated: interpolate,segment")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--factor", type=int)
-    g.add_argument("--target-spacing", type=float)
-    p.add_argument("--missing", default="", help="comma-separated indices of missing slices")
-    p.add_argument("--no-fill-missing", dest="fill_missing", action="store_false")
-    p.add_argument("--interpolation-method", choices=["gan", "linear", "cubic"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--model", default="", help="segmentation model card (.json) or shipped name")
+    p.add_argument("--options", default="{}", help="the run's options as one JSON object (PipelineOptions.to_json "
+                   "names; missing keys take their defaults), or @file.json")
     p.add_argument("--cancel-on-stdin", action="store_true", help="stop on a 'cancel' line or when stdin closes")
+    p.add_argument("--cancel-file", help="stop as soon as this file exists")
     p.add_argument("--test-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow start
+    p.add_argument("--test-ignore-cancel", action="store_true", help=argparse.SUPPRESS)  # tests: must be killed
     return p
 
 
-def request_from_args(args: argparse.Namespace) -> dict:
-    return {"steps": [s.strip() for s in args.steps.split(",") if s.strip()], "factor": args.factor,
-            "target_spacing": args.target_spacing, "fill_missing": args.fill_missing,
-            "interpolation_method": args.interpolation_method, "device": args.device, "model": args.model}
+def read_request(text: str) -> dict:
+    """The ``--options`` document: JSON text or ``@path`` of a JSON file; it must be an object."""
+    from .core.errors import InputError
+
+    where = "--options"
+    try:
+        if text.startswith("@"):
+            where = text[1:]
+            text = Path(where).read_text(encoding="utf-8")
+        request = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{where}: not a readable JSON options document ({exc})") from None
+    if not isinstance(request, dict):
+        raise InputError(f"{where}: the options must be a JSON object")
+    return request
+
+
+class _AnyCancel:
+    """Cancelled as soon as any source says so: a ``cancel`` line / closed stdin, the cancel file."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.sources: list[Callable[[], bool]] = []
+        if args.cancel_on_stdin:
+            self.sources.append(_StdinCancel())
+        if args.cancel_file:
+            path = args.cancel_file
+            self.sources.append(lambda: os.path.exists(path))
+        self.ignore = args.test_ignore_cancel
+
+    def __call__(self) -> bool:
+        return not self.ignore and any(source() for source in self.sources)
+
+
+def _utf8_output() -> None:
+    """Protocol lines are UTF-8 whatever the console code page says (Windows)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(encoding="utf-8", errors="replace")
+        except (AttributeError, ValueError):
+            pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _utf8_output()
     args = build_parser().parse_args(argv)
-    cancel = _StdinCancel() if args.cancel_on_stdin else (lambda: False)
+    cancel = _AnyCancel(args)
     from . import __version__
 
-    emit("start", pid=os.getpid(), version=__version__)
+    emit("start", pid=os.getpid(), version=__version__, python=sys.version.split()[0])
     try:
         from .core.errors import CancelledError
         from .io.volumes import read_ct
 
+        options = pipeline_options(read_request(args.options))  # bad options fail before any reading
         progress = _Progress()
-        if args.device.lower().startswith(("cuda", "mps")):  # say "no GPU" now, not after reading the input
+        if options.device.startswith(("cuda", "mps")):  # say "no GPU" now, not after reading the input
             from .core.device import resolve_device
 
-            resolve_device(args.device)
+            resolve_device(options.device)
         progress(0.0, "reading input")
         deadline = time.monotonic() + args.test_delay
         while time.monotonic() < deadline:
@@ -278,9 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CancelledError("cancelled by the user")
             time.sleep(0.02)
         ct = read_ct(args.input)
-        if args.missing.strip():
-            ct = with_missing_slices(ct, args.missing)
-        outputs = run_request(ct, request_from_args(args), progress=progress, cancel=cancel)
+        outputs = run_request(ct, options, progress=progress, cancel=cancel)
         if cancel():
             raise CancelledError("cancelled by the user")
         progress(1.0, "writing results")

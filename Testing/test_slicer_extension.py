@@ -28,8 +28,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "SculptorGAN"
 UI_FILE = REPO / "Resources" / "UI" / "SculptorGAN.ui"
 RUNTIME_RESOURCE_DIRS = ("Icons", "UI", "Models")
-#: Parameters the Widget syncs by hand with a path widget (so an empty path shows empty, not ".").
-MANUALLY_SYNCED = {"modelCard": "modelCardPathLineEdit", "exportFolder": "exportFolderButton"}
+#: Parameters the Widget syncs by hand with a path widget (so an empty path shows empty, not ".") and the
+#: Advanced section (widgets built from the options schema into advancedOptionsWidget, one JSON parameter).
+MANUALLY_SYNCED = {"modelCard": "modelCardPathLineEdit", "exportFolder": "exportFolderButton",
+                   "advancedOptions": "advancedOptionsWidget"}
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
@@ -253,7 +255,7 @@ def test_every_parameter_has_a_compatible_widget(module):
     source = (MODULE_DIR / "SculptorGAN.py").read_text()
     for parameter, widget_name in MANUALLY_SYNCED.items():  # str parameters kept in sync by the Widget code
         assert widget_name in _ui_widgets() and parameter not in bound
-        assert f"self.ui.{widget_name}.connect(" in source and f"self._parameterNode.{parameter} = " in source
+        assert f"self.ui.{widget_name}." in source and f"self._parameterNode.{parameter} = " in source
         assert typing.get_args(hints[parameter])[:1] in ((), (str,)) and hints[parameter] in (str,)
         bound[parameter] = _ui_widgets()[widget_name]
     assert set(bound) == set(hints), (f"parameters without widget: {set(hints) - set(bound)}; "
@@ -268,45 +270,56 @@ def test_parameter_node_round_trip(module):
 
     from SculptorGANModuleLib import mrml
     from SculptorGANLib.core.volume import CTVolume
-
-    scene = slicer.mrmlScene
     import numpy as np
 
+    scene = slicer.mrmlScene
     volume = mrml.volumeNodeFromCT(CTVolume(np.zeros((3, 4, 5), np.float32)), "v", scene)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "s")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "r")
     logic = module.SculptorGANLogic()
     p = logic.getParameterNode()
     assert (p.interpolate, p.factor, p.targetSpacing, p.smoothing, p.device) == (True, 2, 0.0, 0.5, "auto")
-    values = dict(inputVolume=volume, interpolate=False, factor=3, targetSpacing=1.25, fillMissing=False,
+    assert p.roi is None and p.advancedOptions == ""
+    values = dict(inputVolume=volume, roi=roi, interpolate=False, factor=3, targetSpacing=1.25, fillMissing=False,
                   missingSlices="4, 5", segment=True, makeModels=False, smoothing=0.2, device="CPU",
-                  modelCard="/models/card.json", outputVolume=volume, outputSegmentation=seg,
-                  exportFolder="/tmp/out", exportFormat="OBJ", exportCoordinates="RAS")
+                  modelCard="/models/card.json", advancedOptions='{"overlap": 0.5}', outputVolume=volume,
+                  outputSegmentation=seg, exportFolder="/tmp/out", exportFormat="OBJ", exportCoordinates="RAS")
     for key, value in values.items():
         setattr(p, key, value)
     again = logic.getParameterNode()  # a new wrapper over the same scripted-module node
     assert {k: getattr(again, k) for k in values} == values
     raw = again.parameterNode
     assert raw.GetParameter("interpolate") == "False" and raw.GetParameter("factor") == "3"
-    assert raw.GetNodeReference("inputVolume") is volume
+    assert raw.GetNodeReference("inputVolume") is volume and raw.GetNodeReference("roi") is roi
 
 
 def test_options_from_parameter_node(module):
+    """The panel's values become the library's PipelineOptions (the one schema), Advanced values included."""
+    from SculptorGANLib.core.options import PipelineOptions
+
     p = module.SculptorGANLogic().getParameterNode()
     p.interpolate, p.segment, p.makeModels = True, True, True
     p.factor, p.targetSpacing, p.device, p.missingSlices, p.fillMissing = 3, 0.0, "GPU", "7, 8;9", True
-    p.modelCard = ""
+    p.modelCard, p.advancedOptions = "", '{"overlap": 0.5, "enhance": true}'
     options = module.SculptorGANLogic.optionsFromParameterNode(p)
+    assert isinstance(options, PipelineOptions)
     assert options.steps == ("interpolate", "segment", "surfaces")
-    assert (options.factor, options.targetSpacing, options.device) == (3, None, "cuda")
-    assert options.missingSlices == (7, 8, 9) and options.model == ""
+    assert (options.factor, options.target_spacing, options.device) == (3, None, "cuda")
+    assert options.missing_slices == (7, 8, 9) and options.segmentation_model is None
+    assert (options.overlap, options.enhance) == (0.5, True)
     p.targetSpacing, p.makeModels, p.interpolate, p.device = 1.5, False, False, "CPU"
-    p.modelCard = "/m/card.json"
+    p.modelCard, p.advancedOptions = "/m/card.json", ""
     options = module.SculptorGANLogic.optionsFromParameterNode(p)
-    assert options.steps == ("segment",) and options.targetSpacing == 1.5 and options.factor is None
-    assert options.device == "cpu" and options.model == "/m/card.json"
-    args = options.workerArguments("in.nrrd", "out")
-    assert args[args.index("--steps") + 1] == "segment" and "--target-spacing" in args and "--factor" not in args
-    p.segment = False
+    assert options.steps == ("segment",) and options.target_spacing == 1.5 and options.factor is None
+    assert options.device == "cpu" and options.segmentation_model == "/m/card.json" and options.missing_slices == ()
+    from SculptorGANModuleLib.logic import workerOptions
+
+    request = workerOptions(options).to_json()
+    assert PipelineOptions.from_json(request) == workerOptions(options)  # what the worker reads back
+    p.advancedOptions = '{"overlap": 5}'
+    with pytest.raises(ValueError, match="overlap"):
+        module.SculptorGANLogic.optionsFromParameterNode(p)
+    p.advancedOptions, p.segment = "", False
     with pytest.raises(ValueError):
         module.SculptorGANLogic.optionsFromParameterNode(p)
 
@@ -346,8 +359,8 @@ def test_dependency_installer_never_touches_slicer_packages(module, tmp_path):
         calls.append(constraints)
 
     missing = ["torch>=2.2", "numpy>=2", "SimpleITK", "safetensors>=0.4"]
-    dependencies.installPackages(missing, pipInstall=pip, torchInstaller=lambda: torch_calls.append(1))
-    assert torch_calls == [1]  # torch through the PyTorch extension, not pip
+    dependencies.installPackages(missing, pipInstall=pip, torchInstaller=torch_calls.append)
+    assert torch_calls == ["torch>=2.2"]  # torch through the PyTorch extension, not pip
     args, constraints = calls
     assert args[:1] == ["safetensors>=0.4"] and not any(a.lower().startswith(("numpy", "simpleitk", "torch"))
                                                           for a in args)
@@ -358,3 +371,19 @@ def test_dependency_installer_never_touches_slicer_packages(module, tmp_path):
     assert dependencies.pytorchExtensionInstaller() is None  # no PyTorch extension here → torch via pip
     dependencies.installPackages(["torch>=2.2"], pipInstall=pip)
     assert calls[0][0] == "torch>=2.2"
+
+
+# ----------------------------------------------------------------------------- Extensions Index
+def test_license_file_and_index_urls_point_to_real_files():
+    """The Extensions Index needs a LICENSE and an icon/screenshot that exist at the URLs given."""
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert 'license = "Apache-2.0"' in (REPO / "pyproject.toml").read_text()
+    text = (REPO / "CMakeLists.txt").read_text()
+    meta = dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
+    prefix = "https://raw.githubusercontent.com/SculptorGAN/SlicerSculptorGAN/main/"
+    urls = [meta["EXTENSION_ICONURL"], *meta["EXTENSION_SCREENSHOTURLS"].split()]
+    for url in urls:
+        assert url.startswith(prefix), url
+        path = REPO / url[len(prefix):]
+        assert path.is_file() and path.suffix == ".png", f"{url}: no such file in the repository"

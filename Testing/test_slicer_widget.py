@@ -41,6 +41,12 @@ class FakeWidget:
     def click(self):
         self.connections["clicked(bool)"]()
 
+    def layout(self):  # the Advanced section's form layout (widgets built from the options schema)
+        return self
+
+    def addRow(self, label, widget):
+        self.lines.append(label)
+
 
 class FakeTimer:
     def __init__(self):
@@ -106,6 +112,7 @@ def widget(tmp_path, monkeypatch):
     w.calls, w.scene, w.inputNode, w.module = calls, scene, node, module
     p = w._parameterNode
     p.device, p.factor, p.smoothing = "CPU", 2, 0.5
+    p.advancedOptions = '{"interpolation_method": "linear"}'  # through the Advanced section; the GAN is tested elsewhere
     yield w
     if w._run is not None:
         w._run.job.close()
@@ -149,7 +156,8 @@ def test_cancel_from_the_apply_button(widget, monkeypatch):
     ui, logic = widget.ui, widget.logic
     slow = logic.startProcessing
     monkeypatch.setattr(logic, "startProcessing",
-                        lambda node, options: slow(node, options, extraArguments=["--test-delay", "60"]))
+                        lambda node, options, roi=None: slow(node, options, roi=roi,
+                                                             extraArguments=["--test-delay", "60"]))
     nodes = widget.scene.GetNumberOfNodes()
     ui.applyButton.click()
     assert ui.applyButton.text == "Cancel"
@@ -160,6 +168,45 @@ def test_cancel_from_the_apply_button(widget, monkeypatch):
     assert not widget.calls["errors"]  # a cancel is not an error dialog
     assert widget.scene.GetNumberOfNodes() == nodes
     assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
+
+
+def test_advanced_section_and_roi_reach_the_worker(widget, monkeypatch):
+    """Every Advanced widget comes from the options schema; its values and the ROI go into the one
+    options document the worker reads."""
+    import json
+
+    from SculptorGANModuleLib import advanced
+
+    ui, p, logic = widget.ui, widget._parameterNode, widget.logic
+    assert set(widget._advancedWidgets) == {s.name for s in advanced.advancedSpecs()}
+    assert len(ui.advancedOptionsWidget.lines) == len(widget._advancedWidgets)  # one labelled row each
+    widget._advancedWidgets["overlap"].value = 0.5
+    widget.onAdvancedChanged()
+    assert json.loads(p.advancedOptions) == {"overlap": 0.5}
+    p.advancedOptions = '{"overlap": 0.5, "postprocess": false}'
+    widget._updateButtons()  # parameter node → widgets
+    assert widget._advancedWidgets["postprocess"].checked is False
+    roi = widget.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Kidneys")
+    roi.SetCenter(0.0, 0.0, 0.0)
+    roi.SetSize(400.0, 400.0, 400.0)
+    p.roi, p.interpolate = roi, False
+    documents = []
+    start = logic.startProcessing
+
+    def spy(*args, **kwargs):
+        run = start(*args, **kwargs)
+        with open(f"{run.tempDir}/options.json", encoding="utf-8") as f:
+            documents.append(json.load(f))
+        return run
+
+    monkeypatch.setattr(logic, "startProcessing", spy)
+    ui.applyButton.click()
+    drive(widget)
+    (document,) = documents
+    assert document["overlap"] == 0.5 and document["postprocess"] is False and document["steps"] == ["segment"]
+    assert document["roi"]["coordinateSystem"] == "LPS" and document["roi"]["size"] == pytest.approx([400] * 3)
+    assert "roi: cropped to the ROI" in "\n".join(ui.logTextEdit.lines)
+    assert p.outputSegmentation is not None and not widget.calls["errors"]
 
 
 def test_declined_install_does_not_start(widget, monkeypatch):

@@ -66,6 +66,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                minimum=0.1, maximum=50.0, metavar="MM", exclusive_with="factor"),
     OptionSpec("missing_slices", "ints", (), "0-based indices of missing slices to synthesize, e.g. 12,13 "
                "(inner slices only; default: none, only gaps found in a DICOM series)", "grid", flag="--missing", metavar="I,J,..."),
+    OptionSpec("roi", "str", None, "restrict interpolation and segmentation to a box: a Slicer ROI (.mrk.json), a "
+               "JSON box {center, size, orientation} or xmin,xmax,ymin,ymax,zmin,zmax in LPS mm (default: the whole "
+               "CT)", "grid", metavar="BOX"),
     OptionSpec("fill_missing", "bool", True, "synthesize missing slices (gaps in a DICOM series, --missing)", "grid",
                off_help="keep missing slices as the placeholder between their neighbours instead of synthesizing them"),
     OptionSpec("interpolation_method", "choice", None, "interpolation method (default: the GAN when its weights "
@@ -107,6 +110,7 @@ class PipelineOptions:
     factor: int | None = _default("factor")
     target_spacing: float | None = _default("target_spacing")
     missing_slices: tuple[int, ...] = _default("missing_slices")
+    roi: Any = _default("roi")  # a core.roi.parse_roi form (str, dict or Roi); None: the whole CT
     fill_missing: bool = _default("fill_missing")
     interpolation_method: str | None = _default("interpolation_method")
     interpolation_model: str | None = _default("interpolation_model")
@@ -138,6 +142,10 @@ class PipelineOptions:
                     raise SculptorGANError(f"{spec.cli_flag} must be {bounds}, got {value:g}")
             if spec.kind == "choice" and value is not None and value not in spec.choices:
                 raise SculptorGANError(f"{spec.cli_flag} must be one of {', '.join(spec.choices)}, got {value!r}")
+        if self.roi is not None:
+            from .roi import parse_roi
+
+            parse_roi(self.roi)  # a bad box or ROI file fails here, before any reading
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise SculptorGANError(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
