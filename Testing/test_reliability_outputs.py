@@ -20,7 +20,7 @@ from SculptorGANLib.cli import main
 from SculptorGANLib.core.errors import InputError, OutputError
 from SculptorGANLib.core.volume import CTVolume, Geometry
 from SculptorGANLib.io import write_volume
-from SculptorGANLib.io.atomic import MARKER, is_result_folder, staged_output_dir
+from SculptorGANLib.io.atomic import staged_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("--steps", "interpolate", "--factor", "2", "--method", "linear", "--quiet")
@@ -96,6 +96,8 @@ def test_truncated_volume_write_is_an_error_and_leaves_nothing(tmp_path, capsys)
 
 # ----------------------------------------------------------------------------- item 4: replaced, never merged
 def test_second_run_replaces_the_folder_as_a_whole(tmp_path):
+    from SculptorGANLib.io.atomic import MARKER
+
     out = tmp_path / "out"
     with staged_output_dir(out) as stage:
         for name in ("kidney_left.stl", "measurements.csv", "report.json"):
@@ -107,6 +109,8 @@ def test_second_run_replaces_the_folder_as_a_whole(tmp_path):
 
 
 def test_concurrent_runs_into_one_folder_never_mix(tmp_path):
+    from SculptorGANLib.io.atomic import MARKER
+
     out = tmp_path / "out"
     errors: list[BaseException] = []
 
@@ -135,6 +139,8 @@ def test_concurrent_runs_into_one_folder_never_mix(tmp_path):
 
 # ----------------------------------------------------------------------------- item 5: user files are never touched
 def test_user_folder_is_refused_unless_overwrite(tmp_path, capsys):
+    from SculptorGANLib.io.atomic import is_result_folder
+
     ct = _ct(tmp_path / "ct.nii.gz")
     out = tmp_path / "out"
     (out / "report.json").mkdir(parents=True)
@@ -158,6 +164,7 @@ def test_user_file_added_to_a_result_folder_is_kept(tmp_path, capsys):
 
 def test_evaluate_never_overwrites_a_users_summary(tmp_path, capsys):
     from SculptorGANLib.core.volume import LabelVolume
+    from SculptorGANLib.io.atomic import is_result_folder
 
     array = np.zeros((6, 16, 16), np.uint8)
     array[2:4, 4:10, 4:10] = 1

@@ -66,15 +66,14 @@ def test_slicer_file_with_tumor_as_value_1(tmp_path, phantom):
 def test_terminology_wins_over_a_vague_name(tmp_path, phantom):
     import nrrd
 
-    from SculptorGANLib.io.segfile import TERMINOLOGY
-
     _, labels = phantom
-    path = write_volume(LabelVolume(labels.array, labels.geometry, labels={1: "kidney", 2: "tumor"}),
-                        tmp_path / "x.seg.nrrd")
+    swapped = np.zeros(labels.shape, np.uint8)  # Tumor = 1, Kidney = 2, as a Slicer user may have it
+    swapped[labels.array == TUMOR] = 1
+    swapped[labels.array == KIDNEY] = 2
+    path = write_volume(LabelVolume(swapped, labels.geometry, labels={1: "tumor", 2: "kidney"}), tmp_path / "x.seg.nrrd")
     data, header = nrrd.read(str(path), index_order="C")
+    assert "Neoplasm" in header["Segment0_Tags"] and "Kidney" in header["Segment1_Tags"]
     header["Segment0_Name"], header["Segment1_Name"] = "Segment_1", "Segment_2"  # names say nothing
-    header["Segment0_Tags"] = f"TerminologyEntry:{TERMINOLOGY['kidney']}|"
-    header["Segment1_Tags"] = f"TerminologyEntry:{TERMINOLOGY['tumor']}|"
     nrrd.write(str(path), data, header, index_order="C")
     assert np.array_equal(read_labels(path).array, labels.array)
 

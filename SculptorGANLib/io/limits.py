@@ -15,8 +15,8 @@ import numpy as np
 
 from ..core.errors import InputError
 
-#: Voxels of an input volume (1024 x 1024 x 1024: a 0.5 mm whole-body scan has about 0.5 of this).
-MAX_INPUT_VOXELS = 1 << 30
+#: Voxels of an input volume (512 x 512 x 2048: more than a 0.5 mm whole-body CT has).
+MAX_INPUT_VOXELS = 1 << 29
 #: Voxels of the interpolated CT (memory: 4 bytes each for the CT, 1 for labels, more in the stages).
 MAX_OUTPUT_VOXELS = 1 << 29
 #: Voxels of the segmentation network's grid (the CT resampled to the model's spacing, 3 mm by default).
