@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.errors import CancelledError, InputError
-from ..core.volume import KIDNEY, TUMOR, CTVolume, LabelVolume
+from ..core.volume import KIDNEY, TUMOR, CTVolume, Geometry, LabelVolume
 
 from .preprocess import DEFAULT_SPACING, DEFAULT_WINDOW, normalize_window, probabilities_to_grid, to_canonical
 
@@ -82,11 +82,9 @@ def sliding_window_probabilities(net, image: np.ndarray, roi, device, *, overlap
     return probs.cpu().numpy()
 
 
-def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, postprocess: bool = True,
-                   morph_mm: float = 0.0, progress=None, cancel=None) -> tuple[np.ndarray, dict]:
-    """Labels on ``ct``'s own grid from the network described by ``card``."""
-    from .postprocess import postprocess as post
-
+def model_probabilities(net, ct: CTVolume, card, device, *, overlap: float = 0.25, progress=None,
+                        cancel=None) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Softmax probabilities (3, z, y, x) on the model's canonical grid, that grid's HU and geometry."""
     prep = card.preprocessing or {}
     spacing = tuple(prep.get("spacing", DEFAULT_SPACING))
     window = tuple(prep.get("window", DEFAULT_WINDOW))
@@ -96,11 +94,32 @@ def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, po
         progress(0.1, f"resampled to {spacing[0]:g} mm model grid {hu.shape}")
     probs = sliding_window_probabilities(net, normalize_window(hu, window), roi, device, overlap=overlap,
                                          progress=progress, cancel=cancel)
-    labels = probs.argmax(0).astype(np.uint8)
+    return probs, hu, geo
+
+
+def labels_from_probabilities(probs: np.ndarray, hu: np.ndarray, geo: Geometry, ct: CTVolume, *,
+                              postprocess: bool = True, morph_mm: float = 0.0, anatomy: bool | dict = True,
+                              tumor_threshold: float = 0.5, progress=None) -> tuple[np.ndarray, list[str]]:
+    """Labels on ``ct``'s own grid from model-grid probabilities, and what the anatomy rules changed.
+
+    A voxel is foreground when kidney + tumor probability exceeds 0.5, tumor when the tumor share of
+    it exceeds ``tumor_threshold``. ``anatomy``: run :mod:`.anatomy_rules` (True, or a dict of its
+    keyword arguments) before the component rules of :mod:`.postprocess`."""
+    from .postprocess import postprocess as post
+
     fg = probs[1] + probs[2]
     tumor_frac = probs[2] / np.maximum(fg, 1e-6)
+    is_tumor = tumor_frac > tumor_threshold
+    labels = np.where(fg > 0.5, np.where(is_tumor, TUMOR, KIDNEY), 0).astype(np.uint8)
+    tumor_frac = np.where(is_tumor, np.maximum(tumor_frac, 0.51), np.minimum(tumor_frac, 0.49))
+    rules: list[str] = []
+    if postprocess and anatomy:
+        from .anatomy_rules import apply_rules
+
+        labels, rules = apply_rules(labels, hu, geo, **(anatomy if isinstance(anatomy, dict) else {}))
     if postprocess:
-        kept = post(LabelVolume(labels, geo), hu, morph_mm=morph_mm).array
+        # with the anatomy rules, candidates were ranked beside the spine: no second "posterior" rule
+        kept = post(LabelVolume(labels, geo), hu, morph_mm=morph_mm, posterior_only=not anatomy).array
         region = ndimage.binary_dilation(kept > 0, iterations=1)
         fg = np.where(region, fg, 0.0)
         fg[(kept > 0) & (fg <= 0.5)] = 0.51  # holes filled on the model grid stay filled
@@ -116,4 +135,17 @@ def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, po
         box = tuple(slice(max(0, a - 2), b + 3) for a, b in zip(idx.min(0), idx.max(0)))
         part = drop_specks(out[box], ct.voxel_volume_ml, 0.2)
         out[box] = fill_holes(tumor_attached(part))
-    return out, {"model_grid": list(hu.shape), "model_spacing": list(spacing), "window": list(window)}
+    return out, rules
+
+
+def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, postprocess: bool = True,
+                   morph_mm: float = 0.0, progress=None, cancel=None, anatomy: bool | dict = True,
+                   tumor_threshold: float = 0.5) -> tuple[np.ndarray, dict]:
+    """Labels on ``ct``'s own grid from the network described by ``card``; info has the grid and
+    ``rules`` (what the anatomy rules changed, empty when nothing)."""
+    probs, hu, geo = model_probabilities(net, ct, card, device, overlap=overlap, progress=progress, cancel=cancel)
+    out, rules = labels_from_probabilities(probs, hu, geo, ct, postprocess=postprocess, morph_mm=morph_mm,
+                                           anatomy=anatomy, tumor_threshold=tumor_threshold, progress=progress)
+    window = (card.preprocessing or {}).get("window", DEFAULT_WINDOW)
+    return out, {"model_grid": list(hu.shape), "model_spacing": list(geo.spacing), "window": list(window),
+                 "rules": rules}

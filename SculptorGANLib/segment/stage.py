@@ -3,8 +3,9 @@
 The CT is resampled onto the model's canonical grid (identity LPS direction, the spacing in its model
 card), HU-windowed and normalized, and run through the network with MONAI's sliding-window inference
 and Gaussian blending (mixed precision on CUDA; CUDA out-of-memory falls back to the CPU with a
-message). The kidney/tumor probabilities are post-processed on that grid (largest kidney per body
-side, tumor attached to kidney, holes, specks) and mapped back onto the exact input grid by linear
+message). The kidney/tumor probabilities are post-processed on that grid (anatomy rules: the kidney
+candidate beside the spine per body side, leaks longer than a kidney cut, tumor only in or on a kidney;
+then tumor attached to kidney, holes, specks) and mapped back onto the exact input grid by linear
 interpolation of the probabilities. Without shipped or given weights a classical threshold fallback
 runs, and ``info['method']`` says which one ran.
 """
@@ -44,7 +45,8 @@ def threshold_kidneys(ct: CTVolume, low: float = 100.0, high: float = 260.0, min
 
 def segment(ct: CTVolume, model: str | None = None, device: str = "auto", progress: ProgressFn | None = None,
             cancel: Callable[[], bool] | None = None, *, postprocess: bool = True, morph_mm: float = 0.0,
-            overlap: float = 0.25, **_ignored) -> tuple[LabelVolume, dict]:
+            overlap: float = 0.25, anatomy: bool | dict = True, tumor_threshold: float = 0.5,
+            **_ignored) -> tuple[LabelVolume, dict]:
     """Segment kidneys (1) and tumor (2) on the CT's own grid.
 
     Args:
@@ -55,8 +57,13 @@ def segment(ct: CTVolume, model: str | None = None, device: str = "auto", progre
         postprocess: keep the largest kidney per side, tumor attached to kidney, fill holes, drop specks.
         morph_mm: optional opening/closing radius (mm) before the component rules.
         overlap: sliding-window overlap (0–1).
+        anatomy: the anatomy rules of :mod:`.anatomy_rules` (kidney candidates beside the spine, leaks
+            longer than a kidney cut, nothing above the liver dome, tumor only in or on a kidney); a dict
+            passes their parameters. Every rule that changed the result is listed in info['rules'] and
+            in the notes.
+        tumor_threshold: tumor share of the foreground probability above which a voxel is tumor.
     Returns:
-        (labels, info) with info['method'], 'model', 'version', 'device', 'seconds' and notes.
+        (labels, info) with info['method'], 'model', 'version', 'device', 'seconds', 'rules' and notes.
     """
     from ..nn.cards import find_model
 
@@ -83,7 +90,8 @@ def segment(ct: CTVolume, model: str | None = None, device: str = "auto", progre
     try:
         net = load_network(card, dev)
         arr, extra = predict_labels(net, ct, card, dev, overlap=overlap, postprocess=postprocess,
-                                    morph_mm=morph_mm, progress=progress, cancel=cancel)
+                                    morph_mm=morph_mm, progress=progress, cancel=cancel,
+                                    anatomy=anatomy, tumor_threshold=tumor_threshold)
     except Exception as exc:  # noqa: BLE001 - only OOM is retried
         if dev.type == "cpu" or not is_out_of_memory(exc):
             raise
@@ -98,7 +106,9 @@ def segment(ct: CTVolume, model: str | None = None, device: str = "auto", progre
         dev = resolve_device("cpu")
         net = load_network(card, dev)
         arr, extra = predict_labels(net, ct, card, dev, overlap=overlap, postprocess=postprocess,
-                                    morph_mm=morph_mm, progress=progress, cancel=cancel)
+                                    morph_mm=morph_mm, progress=progress, cancel=cancel,
+                                    anatomy=anatomy, tumor_threshold=tumor_threshold)
+    notes += [f"post-processing: {rule}" for rule in extra.get("rules", [])]
     from .contrast import contrast_note, contrast_phase, kidney_median_hu
 
     kidney_hu = kidney_median_hu(ct.array, arr)
