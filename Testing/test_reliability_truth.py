@@ -188,7 +188,7 @@ def test_help_gives_every_options_meaning_and_default():
             if isinstance(action, argparse._HelpAction) or not action.option_strings:
                 continue
             assert action.help, f"{name} {action.option_strings}: no help"
-            if action.nargs != 0 and action.required is False:
+            if not action.required:  # flags too: what happens without them
                 assert "default" in action.help, f"{name} {action.option_strings[0]}: help gives no default"
 
 

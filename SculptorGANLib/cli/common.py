@@ -45,8 +45,8 @@ class ProgressBar:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """--debug and --quiet, on every sub-command."""
-    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs (default: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: a progress bar on stderr)")
 
 
 def add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def add_output(p: argparse.ArgumentParser) -> None:
     """How models are written (run, batch, surfaces)."""
     p.add_argument("--format", dest="mesh_format", default="stl", choices=["stl", "obj", "ply", "vtp"],
                    help="surface model file format (default: stl)")
-    p.add_argument("--ras", action="store_true", help="write model coordinates in RAS instead of LPS")
+    p.add_argument("--ras", action="store_true", help="write model coordinates in RAS instead of LPS (default: LPS)")
 
 
 def print_notes(info: dict) -> None:

@@ -70,17 +70,19 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "JSON box {center, size, orientation} or xmin,xmax,ymin,ymax,zmin,zmax in LPS mm (default: the whole "
                "CT)", "grid", metavar="BOX"),
     OptionSpec("fill_missing", "bool", True, "synthesize missing slices (gaps in a DICOM series, --missing)", "grid",
-               off_help="keep missing slices as the placeholder between their neighbours instead of synthesizing them"),
+               off_help="keep missing slices as the placeholder between their neighbours instead of synthesizing "
+               "them (default: they are synthesized)"),
     OptionSpec("interpolation_method", "choice", None, "interpolation method (default: the GAN when its weights "
                "ship, else cubic)", "interpolate", flag="--method", choices=INTERPOLATION_METHODS),
     OptionSpec("interpolation_model", "str", None, "interpolation model card (.json) or shipped model name "
                "(default: the shipped SculptorGAN model)", "interpolate", flag="--interp-model", metavar="CARD"),
-    OptionSpec("enhance", "bool", False, "also refine the acquired slices with the GAN (experimental)", "interpolate"),
+    OptionSpec("enhance", "bool", False, "also refine the acquired slices with the GAN (experimental; default: off)",
+               "interpolate"),
     OptionSpec("segmentation_model", "str", None, "segmentation model card (.json) or shipped model name "
                "(default: the shipped WP-UNet)", "segment", flag="--model", metavar="CARD"),
     OptionSpec("postprocess", "bool", True, "anatomical clean-up of the network output (largest kidney per side, "
                "tumor attached to a kidney, holes filled)", "segment",
-               off_help="keep the raw network output (no anatomical clean-up)"),
+               off_help="keep the raw network output (no anatomical clean-up; default: clean-up on)"),
     OptionSpec("morph_mm", "float", 0.0, "radius in mm, 0-20, of an extra morphological opening/closing of the "
                "masks (default: 0, none)", "segment", minimum=0.0, maximum=20.0, metavar="R"),
     OptionSpec("overlap", "float", 0.25, "sliding-window overlap 0-0.9 of the segmentation (higher: smoother, "
