@@ -204,3 +204,28 @@ def test_readme_option_list_matches_the_program():
     for name, sub in _subparsers(build_parser()).items():
         flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--")} - {"--help", "--debug", "--quiet"}
         assert documented.get(name, set()) == flags, name
+
+
+def test_batch_case_notes_reach_summary_csv_end_to_end(tmp_path, monkeypatch):
+    """A stage's notes (e.g. the non-contrast warning) go from the case's report into summary.csv."""
+    import SculptorGANLib.pipeline as pipeline
+    from SculptorGANLib.batch.runner import run_batch
+    from SculptorGANLib.core.options import PipelineOptions
+
+    real = pipeline.run_pipeline
+
+    def noted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.methods["interpolate"]["notes"] = ["scan looks non-contrast: check the tumor label"]
+        return result
+
+    monkeypatch.setattr(pipeline, "run_pipeline", noted)
+    ct = CTVolume(np.random.default_rng(0).normal(0, 50, (4, 12, 12)).astype(np.float32), Geometry((1, 1, 3)))
+    write_volume(ct, tmp_path / "p1.nii.gz")
+    options = PipelineOptions(steps=("interpolate",), factor=2, interpolation_method="linear", device="cpu")
+    from SculptorGANLib.outputs.results import OutputOptions
+
+    run_batch(tmp_path / "p1.nii.gz", tmp_path / "out", options, output_options=OutputOptions(preview=False))
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["status"] == "ok" and "interpolate: scan looks non-contrast" in row["notes"]
