@@ -180,9 +180,10 @@ def test_advanced_section_and_roi_reach_the_worker(widget, monkeypatch):
     ui, p, logic = widget.ui, widget._parameterNode, widget.logic
     assert set(widget._advancedWidgets) == {s.name for s in advanced.advancedSpecs()}
     assert len(ui.advancedOptionsWidget.lines) == len(widget._advancedWidgets)  # one labelled row each
+    assert widget._advancedWidgets["interpolation_method"].currentText == "linear"  # the fixture's, shown
     widget._advancedWidgets["overlap"].value = 0.5
     widget.onAdvancedChanged()
-    assert json.loads(p.advancedOptions) == {"overlap": 0.5}
+    assert json.loads(p.advancedOptions) == {"interpolation_method": "linear", "overlap": 0.5}
     p.advancedOptions = '{"overlap": 0.5, "postprocess": false}'
     widget._updateButtons()  # parameter node → widgets
     assert widget._advancedWidgets["postprocess"].checked is False
