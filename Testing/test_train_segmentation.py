@@ -164,3 +164,30 @@ def test_validation_dice_is_overlap_metrics():
     for pred, truth in pairs:
         assert overlap_metrics(pred, truth)["dice"] == old_dice(pred, truth)
     assert overlap_metrics(empty, empty)["dice"] == 1.0 and overlap_metrics(empty, ~empty)["dice"] == 0.0
+
+
+def test_init_weights_fine_tunes_from_an_exported_card_keeping_its_sparsity(cache, tmp_path):
+    """A new run from a card starts at that card's weights (zeros kept), not from scratch."""
+    import torch
+
+    from SculptorGANLib.nn.cards import find_model, load_weights
+
+    first = tmp_path / "first"
+    ts.main(args_for(cache, first, "--max-iters", "18"))  # pruned to 50 % by iteration 15
+    models = tmp_path / "models"
+    ts.main(["--out", str(first), "--export", str(models), "--export-which", "last", "--set", "name=tiny_a"])
+    card = find_model("segmentation", str(models / "tiny_a.json"))
+    ft = tmp_path / "ft"
+    result = ts.main(args_for(cache, ft, "--max-iters", "6", "--set", f"init_weights={json.dumps(str(card.path))}",
+                              "--set", "lr=0.0"))
+    assert result["state"]["sparsity"] == pytest.approx(0.5)
+    start = {k: v.float() for k, v in load_weights(card).items()}
+    saved = torch.load(ft / "last.pt", weights_only=True)["model"]
+    # lr 0: the fine-tuned weights are the card's (float16 storage: to its precision); BatchNorm running
+    # statistics still move in training mode
+    weights = [k for k in start if not k.split(".")[-1].startswith(("running_", "num_batches"))]
+    assert len(weights) > 10
+    for key in weights:
+        assert torch.allclose(saved[key].float(), start[key], atol=1e-3), key
+    log = (ft / "train.log").read_text()
+    assert "initialised from" in log

@@ -75,6 +75,7 @@ DEFAULTS: dict = {
     "checkpoint_minutes": 5.0,
     "amp": True,                    # mixed precision on CUDA (no-op on CPU)
     "cache_dir": "",                # data_mode images: preprocessed cases ("" = <data>/.sculptorgan_cache)
+    "init_weights": "",             # a new run starts from these weights (model card or .safetensors): fine-tuning
 }
 
 
@@ -170,6 +171,8 @@ class SegTrainer:
         ckpt = load_checkpoint(self.run_dir / "last.pt", info.device) if args.resume else None
         if ckpt is not None:
             self._resume(ckpt, args.set)
+        elif config.get("init_weights"):
+            self._init_from(config["init_weights"])
         self.ddp = wrap_ddp(self.model, info)
         self.batches_of = batch_stream(config, train_store, info)
         self.val_vols = validation_volumes(val_store, config) if info.is_main else []
@@ -201,6 +204,21 @@ class SegTrainer:
             set_rng_state(ckpt["rng"])
         self.log(f"resumed at iteration {self.state['iteration']} (epoch {self.state['epoch']}, "
                  f"sparsity {self.state['sparsity']:.2f})")
+
+    def _init_from(self, path: str) -> None:
+        """Fine-tune: weights from a model card; weights already pruned to ``sparsity`` keep their zeros
+        (pruning applied at once, not ramped in again)."""
+        from SculptorGANLib.nn.cards import load_card, load_into
+
+        card = load_card(path)
+        load_into(self.model, card)
+        self.model.train()
+        report = sparsity_report(self.model)
+        sparsity = float(self.config["sparsity"])
+        if sparsity > 0 and report["wp_sparsity"] >= sparsity - 0.01:
+            apply_magnitude_pruning(self.model, sparsity)  # the zeros are the smallest magnitudes: same masks
+            self.state["sparsity"] = self.state["best_sparsity"] = sparsity
+        self.log(f"initialised from {card.path} (version {card.version}): {report}")
 
     def save(self, name: str) -> None:
         record = {"model": plain_state(self.model), "optimizer": self.opt.state_dict(),
