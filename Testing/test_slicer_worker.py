@@ -154,6 +154,21 @@ def test_bad_input_is_an_input_error_in_utf8(tmp_path):
     assert not (tmp_path / "out" / MANIFEST).exists()
 
 
+def test_worker_output_is_utf8_whatever_the_console(tmp_path):
+    """Log lines (tracebacks, library output) with non-ASCII text must not crash a worker whose console is
+    not UTF-8 (Windows code pages): the worker switches its streams to UTF-8 first."""
+    code = ("import sys; from SculptorGANLib.slicer_worker import _utf8_output; _utf8_output(); "
+            "print('Nieren-\u00dcbersicht \u2265 2 mm \u2026'); print('\u00e9', file=sys.stderr)")
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONIOENCODING="ascii", PYTHONUTF8="0")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode("utf-8").strip() == "Nieren-\u00dcbersicht \u2265 2 mm \u2026"
+    assert proc.stderr.decode("utf-8").strip() == "\u00e9"
+    plain = subprocess.run([sys.executable, "-c", code.replace("_utf8_output(); ", "")], capture_output=True,
+                           env=env, timeout=60)
+    assert plain.returncode != 0 and b"UnicodeEncodeError" in plain.stderr  # what the switch prevents
+
+
 @needs_torch
 def test_no_gpu_is_reported(phantom_file, tmp_path):
     if torch.cuda.is_available():
