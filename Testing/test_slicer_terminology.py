@@ -59,8 +59,6 @@ def test_kidney_entries_are_in_the_general_anatomy_list():
         assert fields[1:4] == ["SCT^123037004^Anatomical Structure", "SCT^64033007^Kidney", code]
 
 
-@pytest.mark.xfail(strict=True, reason="library constant (core/structures.py, tumor terminology), not the module's: the "
-                                       "General Anatomy list has no Neoplasm type; see the issue 14 report")
 def test_tumor_terminology_is_in_the_dicom_master_list():
     from SculptorGANLib.io.segfile import TERMINOLOGY
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .volume import BACKGROUND, KIDNEY, LABEL_NAMES, STRUCTURE_COLORS, TUMOR
 
 _ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list"
+_DICOM_MASTER = "Segmentation category and type - DICOM master list"  # has Neoplasm (General Anatomy has not)
 _MODIFIERS = "Anatomic codes - DICOM master list"
 _KIDNEY_TYPE = "SCT^123037004^Anatomical Structure~SCT^64033007^Kidney"
 
@@ -39,7 +40,8 @@ STRUCTURES: tuple[Structure, ...] = (
     Structure("kidney_right", "Kidney right", KIDNEY, 2, STRUCTURE_COLORS["kidney_right"], (0.255, 0.565, 0.957),
               f"{_ANATOMY}~{_KIDNEY_TYPE}~SCT^24028007^Right~{_MODIFIERS}~^^~^^"),
     Structure("tumor", "Tumor", TUMOR, 3, STRUCTURE_COLORS["tumor"], STRUCTURE_COLORS["tumor"],
-              f"{_ANATOMY}~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^~{_MODIFIERS}~^^~^^"),
+              f"{_DICOM_MASTER}~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
+              f"~{_MODIFIERS}~SCT^64033007^Kidney~^^"),
 )
 #: The structure of each name (kidney_left, kidney_right, tumor).
 BY_NAME: dict[str, Structure] = {s.name: s for s in STRUCTURES}
