@@ -5,7 +5,7 @@ The CT: 41 contiguous 5 mm slabs averaged from the real 2.5 mm chest–upper-abd
 that data, a 512×512×41 phantom at 5 mm. The run is a separate process (interpolate, segment, surfaces);
 stage times come from its ``report.json``, peak memory is the child's maximum resident set size.
 
-    python benchmarks/run_budget.py [--method auto|gan|cubic] [--threads 2] [--markdown FILE]
+    python -m benchmarks.run_budget [--method auto|gan|cubic] [--threads 2] [--markdown FILE]
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def make_ct(path: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default=None, help="interpolation method (default: the pipeline's default)")
+    p.add_argument("--model", default=None, help="interpolation model card (default: the shipped one)")
     p.add_argument("--threads", type=int, default=2, help="OMP/torch threads of the run")
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
                "--steps", "interpolate,segment,surfaces", "--device", "cpu"]
         if args.method:
             cmd += ["--method", args.method]
+        if args.model:
+            cmd += ["--interp-model", str(Path(args.model).resolve())]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -66,7 +69,9 @@ def main(argv=None) -> int:
         if proc.returncode:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             return proc.returncode
-        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_gb = usage.ru_maxrss / 1024 ** 2
+        cpu_s = usage.ru_utime + usage.ru_stime
         report = json.loads((out / "report.json").read_text())
     timings = report.get("timings_s", {})
     interp = report.get("methods", {}).get("interpolate", {}) if isinstance(report.get("methods"), dict) else {}
@@ -74,7 +79,9 @@ def main(argv=None) -> int:
              f"{np.round(os.getloadavg(), 1).tolist()} (other jobs share this machine)", "",
              "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    lines += [f"| **whole process (wall, incl. reading/writing)** | **{wall:.1f}** |", "",
+    lines += [f"| **whole process (wall, incl. reading/writing)** | **{wall:.1f}** |",
+              f"| whole process, CPU seconds (user+sys; ÷ {args.threads} ≈ wall on an otherwise idle machine) | "
+              f"{cpu_s:.1f} |", "",
               f"peak memory (max RSS of the run): **{peak_gb:.2f} GB**; targets: ≤ 60 s, ≤ 4 GB", ""]
     if interp:
         lines.append(f"interpolation: {interp.get('method')} — {interp.get('decision')}; slices by method "
