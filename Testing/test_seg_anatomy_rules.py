@@ -55,7 +55,9 @@ def test_large_tumor_is_not_cut_by_the_length_rule():
     lab = kidneys()
     ball(lab, (40, 44, 62), 8, KIDNEY)
     lab[5:34, 38:50, 56:68] = TUMOR  # a long tumor below the kidney, touching it
-    out, notes = apply_rules(lab, abdomen(), GEO)
+    hu = abdomen()
+    hu[lab > 0] = 180                # enhanced scan
+    out, notes = apply_rules(lab, hu, GEO)
     assert not any("longer than" in n for n in notes)
     assert (out == TUMOR).sum() == (lab == TUMOR).sum()
 
@@ -90,3 +92,43 @@ def test_label_above_the_liver_dome_is_removed():
     assert landmarks(hu, GEO)["dome_z"] == 85
     assert out[90, 44, 62] == 0 and out[40, 44, 62] == KIDNEY
     assert any("liver dome" in n for n in notes)
+
+
+def test_tube_shaped_tumor_beside_the_kidney_is_dropped_only_on_non_contrast_scans():
+    lab = kidneys()
+    lab[28:54, 42:47, 67:71] = TUMOR       # a 78 mm long bowel-like tube along the left kidney's side
+    hu = abdomen()
+    hu[lab > 0] = 30                       # non-contrast kidney
+    out, notes = apply_rules(lab, hu, GEO)
+    assert (out == TUMOR).sum() == 0 and any("tube-shaped" in n for n in notes), notes
+    hu[lab > 0] = 180                      # enhanced: the network's tumor shape is trusted
+    out, notes = apply_rules(lab, hu, GEO)
+    assert (out == TUMOR).sum() == (lab == TUMOR).sum()
+
+
+def test_round_tumor_on_a_non_contrast_kidney_is_kept():
+    lab = kidneys()
+    ball(lab, (40, 44, 70), 4, TUMOR)
+    hu = abdomen()
+    hu[lab > 0] = 30
+    out, _ = apply_rules(lab, hu, GEO)
+    assert (out == TUMOR).sum() == (lab == TUMOR).sum()
+
+
+def test_fat_inside_the_kidney_label_becomes_background_and_removed_voxels_stay_removed():
+    from SculptorGANLib.core.volume import CTVolume
+    from SculptorGANLib.segment.inference import labels_from_probabilities
+
+    lab = kidneys()
+    hu = abdomen()
+    hu[lab > 0] = 180
+    hu[36:44, 42:46, 60:64] = -100         # renal-sinus-like fat the network labelled kidney
+    probs = np.zeros((3,) + lab.shape, np.float32)
+    probs[0] = 1.0
+    probs[1][lab == KIDNEY] = 0.9
+    probs[0][lab == KIDNEY] = 0.1
+    ct = CTVolume(hu, GEO)
+    out, _ = labels_from_probabilities(probs, hu, GEO, ct)
+    assert out[40, 44, 62] == 0 and out[40, 44, 18] == KIDNEY and out[40, 50, 62] == KIDNEY
+    kept, _ = labels_from_probabilities(probs, hu, GEO, ct, fat_hu=None)
+    assert kept[40, 44, 62] == KIDNEY

