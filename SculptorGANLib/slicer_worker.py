@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit("start", pid=os.getpid(), version=__version__, python=sys.version.split()[0])
     try:
         from .core.errors import CancelledError
-        from .io.volumes import read_ct
+        from .io.preflight import read_checked
 
         options = pipeline_options(read_request(args.options))  # bad options fail before any reading
         progress = _Progress()
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cancel():
                 raise CancelledError("cancelled by the user")
             time.sleep(0.02)
-        ct = read_ct(args.input)
+        ct = read_checked(args.input, options)  # model cards and the work size checked, as the CLI does
         outputs = run_request(ct, options, progress=progress, cancel=cancel)
         if cancel():
             raise CancelledError("cancelled by the user")
