@@ -99,10 +99,14 @@ def test_labels_cleared_outside_an_oblique_box():
 def test_cli_offers_roi_from_the_schema():
     import argparse
 
+    from SculptorGANLib.cli import build_parser
     from SculptorGANLib.core.options import add_arguments, options_from_args
 
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name in ("run", "interpolate", "segment", "batch"):
+        assert "--roi" in commands[name].format_help(), name
     parser = argparse.ArgumentParser()
-    add_arguments(parser, ("grid",))
+    add_arguments(parser, ("roi",))
     options = options_from_args(parser.parse_args(["--roi", "0,10,0,10,0,10"]))
     assert options.roi == "0,10,0,10,0,10"
     with pytest.raises(InputError):

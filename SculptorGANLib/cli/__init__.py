@@ -34,21 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (required; created, or replaced as a whole when it "
                                                 "holds an earlier result)")
     p.add_argument("--nrrd", action="store_true", help="also write the CT as .nrrd (default: off)")
-    add_arguments(p, ("steps", "grid", "interpolate", "segment", "surfaces", "device"))
+    add_arguments(p, ("steps", "grid", "roi", "interpolate", "segment", "surfaces", "device"))
     add_input(p), add_output(p), add_overwrite(p), add_common(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("interpolate", help="thick → thin slices and missing-slice filling (Phase I)")
     p.add_argument("input", help="CT file or DICOM series folder")
     p.add_argument("output", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
-    add_arguments(p, ("grid", "interpolate", "device"))
+    add_arguments(p, ("grid", "roi", "interpolate", "device"))
     add_input(p), add_common(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("segment", help="kidney and tumor segmentation (Phase II)")
     p.add_argument("input", help="CT file or DICOM series folder")
     p.add_argument("output", help="labelmap (.nii.gz: 1 kidney, 2 tumor) or Slicer .seg.nrrd")
-    add_arguments(p, ("segment", "device"))
+    add_arguments(p, ("roi", "segment", "device"))
     add_input(p), add_common(p)
     p.set_defaults(func=cmd_segment)
 

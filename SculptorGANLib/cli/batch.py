@@ -45,7 +45,8 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="folder of volumes / DICOM series folders, CSV list (column 'path', "
                                              "optional 'case'), or volume files")
     p.add_argument("--out", required=True, help="cohort output folder (one sub-folder per case)")
-    add_arguments(p, ("steps", "grid", "interpolate", "segment", "surfaces", "device"), exclude=("missing_slices",))
+    add_arguments(p, ("steps", "grid", "roi", "interpolate", "segment", "surfaces", "device"),
+                  exclude=("missing_slices",))
     add_output(p)
     p.add_argument("--nrrd", action="store_true", help="also write each CT as .nrrd (default: off)")
     p.add_argument("--no-preview", action="store_true", help="skip the PNG preview of each case (default: write it)")

@@ -26,7 +26,7 @@ class OptionSpec:
 
     ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``choice``, ``steps`` or ``ints`` (slice indices).
     ``group`` is the stage it configures (``grid``, ``interpolate``, ``segment``, ``surfaces``, ``device``,
-    ``steps``); commands pick the groups they need. A boolean whose default is True gets a ``--no-`` flag.
+    ``roi``, ``steps``); commands pick the groups they need. A boolean whose default is True gets a ``--no-`` flag.
     """
 
     name: str
@@ -68,7 +68,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(inner slices only; default: none, only gaps found in a DICOM series)", "grid", flag="--missing", metavar="I,J,..."),
     OptionSpec("roi", "str", None, "restrict interpolation and segmentation to a box: a Slicer ROI (.mrk.json), a "
                "JSON box {center, size, orientation} or xmin,xmax,ymin,ymax,zmin,zmax in LPS mm (default: the whole "
-               "CT)", "grid", metavar="BOX"),
+               "CT)", "roi", metavar="BOX"),
     OptionSpec("fill_missing", "bool", True, "synthesize missing slices (gaps in a DICOM series, --missing)", "grid",
                off_help="keep missing slices as the placeholder between their neighbours instead of synthesizing "
                "them (default: they are synthesized)"),
