@@ -5,7 +5,7 @@ The CT: 41 contiguous 5 mm slabs averaged from the real 2.5 mm chest–upper-abd
 that data, a 512×512×41 phantom at 5 mm. The run is a separate process (interpolate, segment, surfaces);
 stage times come from its ``report.json``, peak memory is the child's maximum resident set size.
 
-    python -m benchmarks.run_budget [--method auto|gan|cubic] [--threads 2] [--markdown FILE]
+    python -m benchmarks.run_budget [--method gan|linear|cubic] [--threads 2] [--markdown FILE]
 """
 from __future__ import annotations
 
