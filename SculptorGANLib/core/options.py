@@ -72,8 +72,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("fill_missing", "bool", True, "synthesize missing slices (gaps in a DICOM series, --missing)", "grid",
                off_help="keep missing slices as the placeholder between their neighbours instead of synthesizing "
                "them (default: they are synthesized)"),
-    OptionSpec("interpolation_method", "choice", None, "interpolation method (default: the GAN when its weights "
-               "ship, else cubic)", "interpolate", flag="--method", choices=INTERPOLATION_METHODS),
+    OptionSpec("interpolation_method", "choice", None, "force an interpolation method (default: decided per scan — "
+               "the shipped network where it beats cubic on the scan's own held-back slices, else cubic, with a "
+               "note)", "interpolate", flag="--method", choices=INTERPOLATION_METHODS),
     OptionSpec("interpolation_model", "str", None, "interpolation model card (.json) or shipped model name "
                "(default: the shipped SculptorGAN model)", "interpolate", flag="--interp-model", metavar="CARD"),
     OptionSpec("enhance", "bool", False, "also refine the acquired slices with the GAN (experimental; default: off)",
