@@ -36,8 +36,20 @@ def test_segment_reports_phase(small_phantom):
     labels, info = segment(ct)
     assert info["contrast"] == "enhanced"  # the phantom's kidneys are drawn contrast-enhanced
     assert info["kidney_median_hu"] > 80
-    plain = CTVolume(np.where(labels.array == 1, 35.0, ct.array).astype(np.float32), ct.geometry, name="plain")
-    _, info_plain = segment(plain)
-    assert info_plain["contrast"] in ("non-contrast", "unknown")
-    if info_plain["contrast"] == "non-contrast":
-        assert any("non-contrast" in note for note in info_plain["notes"])
+
+
+
+def test_segment_stage_adds_the_non_contrast_note_and_the_rules(small_phantom, monkeypatch):
+    """The stage measures the kidneys the network returned: kidneys at 35 HU must give the note, always."""
+    import SculptorGANLib.segment.stage as stage
+
+    ct, truth = small_phantom
+    plain = CTVolume(np.where(truth.array > 0, 35.0, ct.array).astype(np.float32), ct.geometry, name="plain")
+    monkeypatch.setattr(stage, "predict_labels",
+                        lambda *a, **k: ((truth.array > 0).astype(np.uint8), {"rules": ["cut 3 ml of leak"]}))
+    _, info = stage.segment(plain)
+    assert info["contrast"] == "non-contrast" and info["kidney_median_hu"] < 80
+    assert any("looks non-contrast" in note for note in info["notes"]), info["notes"]
+    assert "post-processing: cut 3 ml of leak" in info["notes"]
+    _, info = stage.segment(ct)  # the phantom's own (enhanced) kidneys: no note
+    assert info["contrast"] == "enhanced" and not any("non-contrast" in n for n in info["notes"])

@@ -103,10 +103,16 @@ def test_segment_output_on_exact_oblique_input_grid(tiny_card):
     assert info["method"] == "wpunet" and info["model"] == "tiny_seg" and info["device"] == "cpu"
 
 
-def test_threshold_fallback_is_labelled_as_such():
-    ct = CTVolume(np.zeros((8, 16, 16), np.float32))
+def test_threshold_fallback_is_labelled_as_such_and_finds_an_enhanced_kidney():
+    arr = np.full((40, 40, 40), -100.0, np.float32)
+    lab = np.zeros(arr.shape, np.uint8)
+    blob(lab, (20, 20, 20), 10, KIDNEY)  # ~33 ml at 2 mm: above the fallback's 20 ml minimum
+    arr[lab > 0] = 180.0
+    ct = CTVolume(arr, Geometry((2.0, 2.0, 2.0)))
     labels, info = segment(ct, model="threshold")
     assert labels.shape == ct.shape and "threshold" in info["method"]
+    found = labels.array == KIDNEY
+    assert found.sum() > 0.7 * lab.sum() and (found & (lab == 0)).sum() < 0.1 * lab.sum()  # edge blurred by its smoothing
 
 
 def test_cancel_stops_segmentation(tiny_card):
