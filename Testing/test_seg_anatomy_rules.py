@@ -132,3 +132,30 @@ def test_fat_inside_the_kidney_label_becomes_background_and_removed_voxels_stay_
     assert out[40, 44, 62] == 0 and out[40, 44, 18] == KIDNEY and out[40, 50, 62] == KIDNEY
     kept, _ = labels_from_probabilities(probs, hu, GEO, ct, fat_hu=None)
     assert kept[40, 44, 62] == KIDNEY
+
+
+def test_mapping_back_only_around_the_labels_equals_the_whole_grid(oblique_geometry, monkeypatch):
+    """The input-grid box used to map labels back covers everything the whole-grid mapping labels."""
+    import SculptorGANLib.segment.preprocess as pp
+    from SculptorGANLib.core.volume import CTVolume
+    from SculptorGANLib.segment.inference import labels_from_probabilities
+    from SculptorGANLib.segment.preprocess import to_canonical
+
+    hu_in = np.full((60, 90, 100), -100.0, np.float32)
+    ct = CTVolume(hu_in, oblique_geometry)
+    hu, geo = to_canonical(ct, (3.0, 3.0, 3.0), default=-1024.0)
+    lab = np.zeros(hu.shape, np.uint8)
+    c = np.array(hu.shape) // 2
+    ball(lab, tuple(c), 5, KIDNEY)
+    ball(lab, tuple(c + [0, 0, 2]), 2, TUMOR)
+    probs = np.zeros((3,) + hu.shape, np.float32)
+    probs[0] = 1.0
+    for value in (KIDNEY, TUMOR):
+        probs[value][lab == value] = 0.9
+        probs[0][lab == value] = 0.1
+    hu[lab > 0] = 180.0
+    box, _ = labels_from_probabilities(probs, hu, geo, ct, anatomy=False, fat_hu=None)
+    monkeypatch.setattr(pp, "dst_box", lambda src, lo, hi, dst, shape, margin=2: tuple(slice(0, n) for n in shape))
+    full, _ = labels_from_probabilities(probs, hu, geo, ct, anatomy=False, fat_hu=None)
+    assert (full > 0).sum() > 100 and (full == TUMOR).any()
+    assert np.array_equal(box, full)

@@ -130,7 +130,21 @@ def labels_from_probabilities(probs: np.ndarray, hu: np.ndarray, geo: Geometry, 
         tumor_frac = np.where(kept == TUMOR, np.maximum(tumor_frac, 0.51), np.where(kept == KIDNEY, np.minimum(tumor_frac, 0.49), tumor_frac))
     if progress:
         progress(0.9, "mapping back to the input grid")
-    out = probabilities_to_grid(fg, tumor_frac, geo, ct.geometry, ct.shape)
+    if postprocess:
+        # fg is zero away from the kept labels: map back only the input-grid box around them
+        from ..core.anatomy import bounding_box, shifted_geometry
+        from .preprocess import dst_box
+
+        out = np.zeros(ct.shape, np.uint8)
+        box = bounding_box(fg > 0)
+        if box is not None:
+            sub = dst_box(geo, box[0], box[1], ct.geometry, ct.shape)
+            lo = np.array([s.start for s in sub])
+            if all(s.stop > s.start for s in sub):
+                out[sub] = probabilities_to_grid(fg, tumor_frac, geo, shifted_geometry(ct.geometry, lo),
+                                                 tuple(s.stop - s.start for s in sub))
+    else:
+        out = probabilities_to_grid(fg, tumor_frac, geo, ct.geometry, ct.shape)
     if postprocess and out.any():
         # components were chosen on the model grid; here only tidy the interpolated result (in its box)
         from .postprocess import drop_specks, fill_holes, tumor_attached

@@ -58,6 +58,18 @@ def _slab_geometry(geometry: Geometry, k0: int) -> Geometry:
     return Geometry(geometry.spacing, tuple(origin), geometry.direction)
 
 
+def dst_box(src: Geometry, src_lo, src_hi, dst: Geometry, dst_shape, margin: int = 2) -> tuple[slice, ...]:
+    """The (z, y, x) index box of ``dst`` covering the ``src`` index box [lo, hi) (zyx) plus ``margin``."""
+    lo, hi = np.asarray(src_lo, float) - 1, np.asarray(src_hi, float)  # one source voxel of interpolation support
+    corners = np.array([[x, y, z] for z in (lo[0], hi[0]) for y in (lo[1], hi[1]) for x in (lo[2], hi[2])])
+    pts = src.index_to_physical(corners)
+    affine = dst.affine_lps()
+    ijk = (pts - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    a = np.floor(ijk.min(0))[::-1].astype(int) - margin
+    b = np.ceil(ijk.max(0))[::-1].astype(int) + margin + 1
+    return tuple(slice(int(max(0, x)), int(min(n, y))) for x, y, n in zip(a, b, dst_shape))
+
+
 def probabilities_to_grid(fg: np.ndarray, tumor_frac: np.ndarray, src: Geometry, dst: Geometry,
                           dst_shape: tuple[int, int, int], slab: int = 32) -> np.ndarray:
     """Labels on ``dst`` from foreground probability and tumor fraction on ``src`` (linear, slab by slab)."""
