@@ -193,6 +193,7 @@ def test_device_auto_never_picks_mps(monkeypatch):
     assert worker_device("mps") == "mps"  # an explicit choice is honoured
 
 
+@needs_torch  # without torch the worker's model check reports torch first (also missing_dependency)
 def test_missing_package_is_reported(phantom_file, tmp_path):
     """A package that cannot be imported (here scipy, shadowed) → kind missing_dependency, exit 5."""
     _, path = phantom_file
