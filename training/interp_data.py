@@ -78,6 +78,20 @@ def known_positions(nz: int, k: int, rng: np.random.Generator, irregular: bool, 
 LOCAL_KNOTS = 6
 
 
+def volume_weights(volumes: list[dict], phantom_prob: float) -> np.ndarray:
+    """Sampling probability of each volume: phantoms (``real`` False) share ``phantom_prob``, real volumes the
+    rest, equally within each kind; equal weights when only one kind is present."""
+    real = [i for i, v in enumerate(volumes) if v["real"]]
+    fake = [i for i, v in enumerate(volumes) if not v["real"]]
+    p = np.zeros(len(volumes))
+    if real and fake:
+        p[real] = (1 - phantom_prob) / len(real)
+        p[fake] = phantom_prob / len(fake)
+    else:
+        p[:] = 1 / len(volumes)
+    return p
+
+
 class SliceSampler:
     """Random (context, positions, cubic base, target) training patches from thin volumes."""
 
@@ -85,15 +99,7 @@ class SliceSampler:
         if not volumes:
             raise SystemExit("no training volumes: give data entries or phantoms > 0")
         self.vols, self.cfg, self.rng = volumes, config, rng
-        real = [i for i, v in enumerate(volumes) if v["real"]]
-        fake = [i for i, v in enumerate(volumes) if not v["real"]]
-        p = np.zeros(len(volumes))
-        if real and fake:
-            p[real] = (1 - config["phantom_prob"]) / len(real)
-            p[fake] = config["phantom_prob"] / len(fake)
-        else:
-            p[:] = 1 / len(volumes)
-        self.p = p
+        self.p = volume_weights(volumes, config["phantom_prob"])
 
     def _crop(self, arr: np.ndarray, zs: np.ndarray) -> np.ndarray:
         """Slices ``zs`` of ``arr``, randomly cropped/padded in-plane to the patch size and augmented."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from SculptorGANLib.interpolate.context import context_indices, spline_weights
+from training.interp_data import volume_weights
 
 AIR = -1.024
 KNOTS = 6  # acquired slices each side used for the (local) cubic spline
@@ -41,15 +42,7 @@ class Sampler:
 
     def __init__(self, vols, cfg, rng):
         self.vols, self.cfg, self.rng = vols, cfg, rng
-        real = [i for i, v in enumerate(vols) if v["real"]]
-        fake = [i for i, v in enumerate(vols) if not v["real"]]
-        p = np.zeros(len(vols))
-        if real and fake:
-            p[real] = (1 - cfg["phantom_prob"]) / len(real)
-            p[fake] = cfg["phantom_prob"] / len(fake)
-        else:
-            p[:] = 1 / len(vols)
-        self.p = p
+        self.p = volume_weights(vols, cfg["phantom_prob"])
 
     def sample(self) -> tuple:
         """(context 2n×P×P, positions mm 2n, cubic 1×P×P, target 1×P×P, linear 1×P×P, thickness mm)."""
