@@ -44,6 +44,19 @@ def _check_volume_output(path: str) -> None:
         raise OutputError(f"{path}: unknown volume format; use one of {', '.join(VOLUME_SUFFIXES)}")
 
 
+def _run_one_stage(args, step: str):
+    """``interpolate`` / ``segment``: output name checked first (never an input), then the input read and the
+    one stage run with a progress bar."""
+    from ..io.atomic import check_not_input
+
+    _check_volume_output(args.output)
+    check_not_input(args.output, args.input)
+    options = options_from_args(args, steps=(step,))
+    ct = read_checked(args.input, options, args)
+    _series_note(ct)
+    return _run_with_bar(ct, options, args.quiet)
+
+
 def cmd_demo(args) -> int:
     from ..demo import run_demo
 
@@ -74,15 +87,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from ..io.atomic import check_not_input, staged_output_file
+    from ..io.atomic import staged_output_file
     from ..io.volumes import write_volume
 
-    _check_volume_output(args.output)
-    check_not_input(args.output, args.input)
-    options = options_from_args(args, steps=("interpolate",))
-    ct = read_checked(args.input, options, args)
-    _series_note(ct)
-    result = _run_with_bar(ct, options, args.quiet)
+    result = _run_one_stage(args, "interpolate")
     with staged_output_file(args.output, [args.input]) as tmp:
         write_volume(result.ct, tmp)
     info = result.methods["interpolate"]
@@ -93,15 +101,10 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from ..io.atomic import check_not_input, staged_output_file
+    from ..io.atomic import staged_output_file
     from ..io.volumes import write_volume
 
-    _check_volume_output(args.output)
-    check_not_input(args.output, args.input)
-    options = options_from_args(args, steps=("segment",))
-    ct = read_checked(args.input, options, args)
-    _series_note(ct)
-    result = _run_with_bar(ct, options, args.quiet)
+    result = _run_one_stage(args, "segment")
     labels = result.labels
     if str(args.output).lower().endswith(".seg.nrrd"):
         from ..core.anatomy import crops_to_full

@@ -178,12 +178,17 @@ def _locked_dir(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _rewrite_message(exc: SculptorGANError, tmp: Path, final: Path) -> SculptorGANError | None:
-    """The same error with the temporary path replaced by the final one (users never see staging names)."""
-    text = str(exc)
-    if str(tmp) not in text and tmp.name not in text:
-        return None
-    return type(exc)(text.replace(str(tmp), str(final)).replace(tmp.name, final.name))
+@contextlib.contextmanager
+def _final_names_in_errors(tmp: Path, final: Path) -> Iterator[None]:
+    """Re-raise a :class:`SculptorGANError` from the block with the temporary path replaced by the final one
+    (users never see staging names)."""
+    try:
+        yield
+    except SculptorGANError as exc:
+        text = str(exc)
+        if str(tmp) not in text and tmp.name not in text:
+            raise
+        raise type(exc)(text.replace(str(tmp), str(final)).replace(tmp.name, final.name)) from None
 
 
 # ----------------------------------------------------------------------------- folders
@@ -206,13 +211,8 @@ def staged_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.Path
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot be created ({exc.strerror})") from None
     try:
-        try:
+        with _final_names_in_errors(staging, out_dir):
             yield staging
-        except SculptorGANError as exc:
-            rewritten = _rewrite_message(exc, staging, out_dir)
-            if rewritten is None:
-                raise
-            raise rewritten from None
         files = sorted(p.name for p in staging.iterdir())
         (staging / MARKER).write_text(json.dumps({"tool": "sculptorgan", "kind": kind, "files": files}, indent=1)
                                       + "\n", encoding="utf-8")
@@ -259,13 +259,8 @@ def staged_output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLi
     remove_stale_staging(path.parent, path.name[:len(path.name) - len(suffix)])
     tmp = path.parent / _staging_name(path.name[:len(path.name) - len(suffix)], suffix=suffix)
     try:
-        try:
+        with _final_names_in_errors(tmp, path):
             yield tmp
-        except SculptorGANError as exc:
-            rewritten = _rewrite_message(exc, tmp, path)
-            if rewritten is None:
-                raise
-            raise rewritten from None
         os.replace(tmp, path)
     except PermissionError as exc:
         raise OutputError(f"{path}: no permission to write ({exc.strerror})") from None
