@@ -154,16 +154,6 @@ class PipelineOptions:
             raise SculptorGANError(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
         if self.factor is not None and self.target_spacing is not None:
             raise SculptorGANError("give either --factor or --target-spacing, not both")
-        if self.factor is not None and self.factor < 1:
-            raise SculptorGANError(f"factor must be a positive integer, got {self.factor}")
-        if self.target_spacing is not None and self.target_spacing <= 0:
-            raise SculptorGANError(f"target spacing must be positive, got {self.target_spacing}")
-        if self.morph_mm < 0:
-            raise SculptorGANError(f"morphology radius must be >= 0 mm, got {self.morph_mm}")
-        if not 0 <= self.overlap <= 0.9:
-            raise SculptorGANError(f"overlap must be between 0 and 0.9, got {self.overlap}")
-        if not 0 <= self.smoothing <= 1:
-            raise SculptorGANError(f"smoothing must be between 0 and 1, got {self.smoothing}")
 
     def to_json(self) -> dict:
         """A JSON-serializable dict (lists for tuples): what crosses the process boundary to the worker."""
