@@ -84,7 +84,7 @@ def _run_interpolate(ct: CTVolume, options: PipelineOptions, progress, cancel) -
     return interpolate(ct, factor=options.factor, target_spacing=options.target_spacing,
                        fill_missing=options.fill_missing, method=options.interpolation_method,
                        device=options.device, model=options.interpolation_model, enhance=options.enhance,
-                       progress=progress, cancel=cancel)
+                       adapt=options.adapt, progress=progress, cancel=cancel)
 
 
 def _run_segment(ct: CTVolume, options: PipelineOptions, progress, cancel) -> tuple[LabelVolume, dict]:

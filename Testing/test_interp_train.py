@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from training import interp_fast
-from training.interp_sampler import Sampler, slab_weights
+from SculptorGANLib.interpolate.context import slab_weights
+from training.interp_sampler import Sampler
 
 torch.set_num_threads(1)
 TINY = {"patch": 32, "batch_size": 2, "channels": [4, 8, 8], "phantoms": 2, "phantom_shape": [16, 40, 40]}

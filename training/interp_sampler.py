@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from SculptorGANLib.interpolate.context import context_indices, spline_weights
+from SculptorGANLib.interpolate.context import context_indices, slab_weights, spline_weights
 from training.interp_data import volume_weights
 
 AIR = -1.024
@@ -20,21 +20,6 @@ def spline_at(known, slices, targets, degree):
     """Cubic (degree 3) or linear B-spline through ``slices`` at ``known``, evaluated at ``targets``."""
     w = spline_weights(known, targets, "linear" if degree == 1 else "cubic").astype(np.float32)
     return np.tensordot(w, slices, axes=1).astype(np.float32)
-
-
-def slab_weights(center: float, thickness_slices: float, nz: int, sub: int = 16):
-    """Indices and weights of a rectangular slice profile of width ``thickness_slices`` (in native
-    slices) centred at ``center``, on a linearly interpolated native stack."""
-    pts = center + (np.arange(sub) + 0.5) / sub * thickness_slices - thickness_slices / 2
-    pts = np.clip(pts, 0, nz - 1)
-    lo = np.floor(pts).astype(int)
-    hi = np.minimum(lo + 1, nz - 1)
-    f = pts - lo
-    w = np.zeros(nz)
-    np.add.at(w, lo, (1 - f) / sub)
-    np.add.at(w, hi, f / sub)
-    nzid = np.nonzero(w)[0]
-    return nzid, w[nzid]
 
 
 class Sampler:

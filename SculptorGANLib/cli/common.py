@@ -89,7 +89,11 @@ def method_line(stage: str, info: dict) -> str:
             made = {m: n for m, n in counts.items() if n and m not in ("acquired", "kept", "original")}
             if not made:
                 return "no slices synthesized"
-            return ", ".join(f"{m} {n} slice{'s' if n != 1 else ''}" for m, n in made.items())
+            line = ", ".join(f"{m} {n} slice{'s' if n != 1 else ''}" for m, n in made.items())
+            adaptation = info.get("adaptation") or {}
+            if "used" in adaptation:
+                line += " (network adapted to this scan)" if adaptation["used"] else " (adapted network not used)"
+            return line
     return method
 
 

@@ -77,6 +77,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "note)", "interpolate", flag="--method", choices=INTERPOLATION_METHODS),
     OptionSpec("interpolation_model", "str", None, "interpolation model card (.json) or shipped model name "
                "(default: the shipped SculptorGAN model)", "interpolate", flag="--interp-model", metavar="CARD"),
+    OptionSpec("adapt", "bool", False, "adapt the network to this scan first: fine-tune it on the scan's own in-plane "
+               "data degraded to its slice spacing (self-supervised, about a minute on a CPU); the self-check then "
+               "keeps the best of adapted network, shipped network and cubic (default: off)", "interpolate",
+               label="Adapt to this scan"),
     OptionSpec("enhance", "bool", False, "also refine the acquired slices with the GAN (experimental; default: off)",
                "interpolate"),
     OptionSpec("segmentation_model", "str", None, "segmentation model card (.json) or shipped model name "
@@ -117,6 +121,7 @@ class PipelineOptions:
     fill_missing: bool = _default("fill_missing")
     interpolation_method: str | None = _default("interpolation_method")
     interpolation_model: str | None = _default("interpolation_model")
+    adapt: bool = _default("adapt")
     enhance: bool = _default("enhance")
     segmentation_model: str | None = _default("segmentation_model")
     postprocess: bool = _default("postprocess")

@@ -103,3 +103,18 @@ def pad_to_multiple(x, multiple: int, value: float):
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), value=value)
     return x, (h, w)
+
+
+def slab_weights(center: float, thickness_slices: float, nz: int, sub: int = 16):
+    """Indices and weights of a rectangular slice profile of width ``thickness_slices`` (in native
+    slices) centred at ``center``, on a linearly interpolated native stack."""
+    pts = center + (np.arange(sub) + 0.5) / sub * thickness_slices - thickness_slices / 2
+    pts = np.clip(pts, 0, nz - 1)
+    lo = np.floor(pts).astype(int)
+    hi = np.minimum(lo + 1, nz - 1)
+    f = pts - lo
+    w = np.zeros(nz)
+    np.add.at(w, lo, (1 - f) / sub)
+    np.add.at(w, hi, f / sub)
+    nzid = np.nonzero(w)[0]
+    return nzid, w[nzid]

@@ -203,7 +203,7 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
                 model: str | None = None, progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None, enhance: bool = False, enhance_weight: float = 0.5,
                 smoothing_mm: float = 0.0, batch_size: int | None = None, tile_size: int | None = None,
-                thickness_mm: float | None = None) -> tuple[CTVolume, dict]:
+                thickness_mm: float | None = None, adapt=False) -> tuple[CTVolume, dict]:
     """Upsample ``ct`` through-plane and fill its missing slices.
 
     Args:
@@ -220,6 +220,9 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
         batch_size / tile_size: inference batch and in-plane tile (None: chosen from the image size).
         thickness_mm: reconstructed slice thickness of the input (None: ``ct.slice_thickness_mm`` when the
             reader set it, else unknown); the network is told it.
+        adapt: first fine-tune the network on this scan's own in-plane data (``adapt.py``, ~30-60 s on
+            CPU; True: the default ``AdaptSettings``, or settings); with the default method the self-check
+            then keeps the best of adapted network, shipped network and cubic (``info['adaptation']``).
         progress(fraction, message), cancel() -> bool: callbacks.
 
     Returns the new volume and a dict describing what ran: ``method`` (what made the new slices),
@@ -251,7 +254,7 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
         info.update(method="cubic", decision="no new slices to synthesize")
     else:
         slices = _learned(ct, plan, requested, device, model, progress, cancel, enhance, enhance_weight,
-                          thickness_mm, batch_size, tile_size, info, n_new)
+                          thickness_mm, batch_size, tile_size, info, n_new, adapt)
     if smoothing_mm > 0:
         sigma = smoothing_mm / plan.out_spacing
         smoothed = ndimage.gaussian_filter1d(slices, sigma, axis=0, mode="nearest")
@@ -276,8 +279,53 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
     return out, info
 
 
+def _adapted(ct: CTVolume, plan: InterpolationPlan, model, dev, thickness_mm: float, adapt, progress, cancel,
+             info: dict):
+    """The generator fine-tuned on this scan (``adapt.py``), ready for inference; None when skipped."""
+    from ..nn.fastgen import FAST_ARCH, prepare_for_inference
+    from .adapt import AdaptSettings, adapt_generator
+    from .context import normalize_hu
+
+    settings = adapt if isinstance(adapt, AdaptSettings) else AdaptSettings()
+    raw, card = load_generator(model, dev, fast=False)
+    if card.architecture != FAST_ARCH:
+        info["adaptation"] = {"skipped": f"model architecture {card.architecture} cannot be adapted"}
+        return None
+    known = plan.known.astype(float)
+    gap_mm = float(np.median(np.diff(known))) * ct.geometry.spacing[2] if len(known) > 1 else 0.0
+    net, summary = adapt_generator(raw, normalize_hu(ct.array[plan.known]), gap_mm, ct.geometry.spacing[:2],
+                                   thickness_mm=thickness_mm, settings=settings, device=dev, progress=progress,
+                                   cancel=cancel)
+    info["adaptation"] = summary
+    if "skipped" in summary:
+        return None
+    return prepare_for_inference(net, channels_last=dev.type == "cpu")
+
+
+def _choose(candidates: list, ct: CTVolume, plan: InterpolationPlan, thickness_mm: float, dev, info: dict):
+    """The self-check over (name, network) candidates: the best one that beats cubic, or None (cubic)."""
+    from .context import normalize_hu
+    from .selfcheck import decide
+
+    known = plan.known.astype(float)
+    slices = normalize_hu(ct.array[plan.known])
+    decisions = [(name, net, decide(net, known, slices, ct.geometry.spacing[2], thickness_mm=thickness_mm,
+                                    device=dev)) for name, net in candidates]
+    winners = [d for d in decisions if d[2].use_network]
+    name, net, decision = max(winners or decisions, key=lambda d: -np.inf if d[2].gain_db is None else d[2].gain_db)
+    info["self_check_gain_db"] = None if decision.gain_db is None else round(decision.gain_db, 3)
+    if len(decisions) > 1:
+        info["self_check_gains_db"] = {n: None if d.gain_db is None else round(d.gain_db, 3) for n, _, d in decisions}
+        info["decision"] = (f"{name} network: {decision.text}" if winners else decision.text)
+    else:
+        info["decision"] = decision.text
+    if "adaptation" in info and "skipped" not in info["adaptation"]:
+        info["adaptation"]["used"] = bool(winners) and name == "adapted"
+    return net if winners else None
+
+
 def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enhance_weight, thickness_mm,
-             batch_size, tile_size, info, n_new) -> np.ndarray:
+             batch_size, tile_size, info, n_new, adapt=False) -> np.ndarray:
     """The 'auto' and 'gan' methods: load the generator, decide (auto), run it, fill ``info``."""
     base = classical_slices(ct, plan, "cubic")
     try:
@@ -296,22 +344,25 @@ def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enha
         return base
     info.update(model=card.name, model_version=card.version, device=str(dev))
     dz = ct.geometry.spacing[2]
+    candidates = [("shipped", net)]
+    if adapt:
+        adapted = _adapted(ct, plan, model, dev, thickness_mm, adapt, progress, cancel, info)
+        if adapted is not None:
+            candidates.insert(0, ("adapted", adapted))
     if requested == "auto":
-        from .context import normalize_hu
-        from .selfcheck import decide
-
         if progress is not None:
             progress(0.0, "checking the network against cubic on this scan's acquired slices")
-        known = plan.known.astype(float)
-        decision = decide(net, known, normalize_hu(ct.array[plan.known]), dz, thickness_mm=thickness_mm, device=dev)
-        info["self_check_gain_db"] = None if decision.gain_db is None else round(decision.gain_db, 3)
-        info["decision"] = decision.text
-        if not decision.use_network:
+        chosen = _choose(candidates, ct, plan, thickness_mm, dev, info)
+        if chosen is None:
             info.update(method="cubic", slices_by_method={"cubic": n_new} if n_new else {},
-                        note=decision.text)
+                        note=info["decision"])
             return base
+        net = chosen
     else:
-        info["decision"] = "network requested (--method gan)"
+        net = candidates[0][1]
+        info["decision"] = "network requested (--method gan)" + (", adapted to this scan" if len(candidates) > 1 else "")
+        if len(candidates) > 1:
+            info["adaptation"]["used"] = True
     jobs, skipped = _jobs(plan, dz, card, enhance)
     kw = dict(enhance_weight=enhance_weight, thickness_mm=thickness_mm, batch_size=batch_size, tile=tile_size,
               progress=progress, cancel=cancel)
@@ -323,7 +374,7 @@ def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enha
         log.warning("out of memory on %s; retrying SculptorGAN on the CPU", dev)
         torch.cuda.empty_cache()
         dev = torch.device("cpu")
-        net, card = load_generator(model, dev)
+        net = net.to(dev)
         slices = _gan_slices(ct, plan, base, net, card, dev, jobs, **kw)
         info.update(device="cpu", fallback="GPU out of memory; ran on the CPU")
     made = sum(1 for _, loo in jobs if not loo)
