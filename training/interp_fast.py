@@ -8,8 +8,12 @@ Loss: L1 + ``mse_weight``·MSE (normalized units); Adam, cosine schedule; no adv
 (see the model card and benchmarks/results/interpolation.md for why). One torch thread; checkpoints
 every 200 steps to RUN/last.pt and resumes from there.
 
-    python -m training.interp_fast --out training/runs/fast_all --steps 2500
-    python -m training.interp_fast --out training/runs/fast_lopo_totalseg --exclude totalseg --steps 1000
+    python -m training.interp_fast --out training/runs/fast_all --steps 6000
+    python -m training.interp_fast --out training/runs/fast_all --steps 12000 --set inplane_prob=0.3
+    python -m training.interp_fast --out training/runs/fast_lopo_totalseg --exclude totalseg --steps 6000
+
+The shipped model's recipe is the first two lines (the second resumes at step 6000 with a warm restart of
+the cosine schedule and adds in-plane pairs: each real series re-stacked along y and x, 30% of samples).
     python -m training.interp_fast --out training/runs/fast_all --export Resources/Models \\
         --lopo-json benchmarks/results/interpolation_lopo.json          # export RUN/final.pt + card
 
