@@ -79,7 +79,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(default: the shipped SculptorGAN model)", "interpolate", flag="--interp-model", metavar="CARD"),
     OptionSpec("adapt", "bool", False, "adapt the network to this scan first: fine-tune it on the scan's own in-plane "
                "data degraded to its slice spacing (self-supervised, about a minute on a CPU); the self-check then "
-               "keeps the best of adapted network, shipped network and cubic (default: off)", "interpolate",
+               "keeps the best of adapted network, unadapted network and cubic (default: off)", "interpolate",
                label="Adapt to this scan"),
     OptionSpec("enhance", "bool", False, "also refine the acquired slices with the GAN (experimental; default: off)",
                "interpolate"),

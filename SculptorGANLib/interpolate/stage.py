@@ -222,7 +222,7 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
             reader set it, else unknown); the network is told it.
         adapt: first fine-tune the network on this scan's own in-plane data (``adapt.py``, ~30-60 s on
             CPU; True: the default ``AdaptSettings``, or settings); with the default method the self-check
-            then keeps the best of adapted network, shipped network and cubic (``info['adaptation']``).
+            then keeps the best of adapted network, unadapted network and cubic (``info['adaptation']``).
         progress(fraction, message), cancel() -> bool: callbacks.
 
     Returns the new volume and a dict describing what ran: ``method`` (what made the new slices),
@@ -344,7 +344,7 @@ def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enha
         return base
     info.update(model=card.name, model_version=card.version, device=str(dev))
     dz = ct.geometry.spacing[2]
-    candidates = [("shipped", net)]
+    candidates = [("unadapted", net)]
     if adapt:
         adapted = _adapted(ct, plan, model, dev, thickness_mm, adapt, progress, cancel, info)
         if adapted is not None:
