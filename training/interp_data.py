@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from SculptorGANLib.interpolate.context import context_arrays, normalize_hu, spline_at
+from SculptorGANLib.interpolate.learned import LOCAL_KNOTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,9 +74,6 @@ def known_positions(nz: int, k: int, rng: np.random.Generator, irregular: bool, 
         out.append(pos)
         pos += int(rng.integers(1, k_max + 1))
     return np.array(out)
-
-
-LOCAL_KNOTS = 6
 
 
 def volume_weights(volumes: list[dict], phantom_prob: float) -> np.ndarray:

@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from SculptorGANLib.interpolate.context import context_indices, slab_weights, spline_weights
+from SculptorGANLib.interpolate.context import slab_weights
+from SculptorGANLib.interpolate.learned import LOCAL_KNOTS, local_inputs
 from training.interp_data import volume_weights
 
 AIR = -1.024
-KNOTS = 6  # acquired slices each side used for the (local) cubic spline
-
-
-def spline_at(known, slices, targets, degree):
-    """Cubic (degree 3) or linear B-spline through ``slices`` at ``known``, evaluated at ``targets``."""
-    w = spline_weights(known, targets, "linear" if degree == 1 else "cubic").astype(np.float32)
-    return np.tensordot(w, slices, axes=1).astype(np.float32)
 
 
 class Sampler:
@@ -74,7 +68,7 @@ class Sampler:
                 continue
             t = int(gaps[int(rng.integers(0, len(gaps)))])
             j = int(np.searchsorted(known, t))
-            win = known[max(0, j - KNOTS):j + KNOTS]
+            win = known[max(0, j - LOCAL_KNOTS):j + LOCAL_KNOTS]
             # in-plane crop
             y0 = int(rng.integers(0, max(h - P, 0) + 1))
             x0 = int(rng.integers(0, max(w - P, 0) + 1))
@@ -117,11 +111,7 @@ class Sampler:
             if flipz:
                 kf, tt, stack = -kf[::-1], -tt, stack[::-1]
             stack = np.ascontiguousarray(stack, dtype=np.float32)
-            idx = context_indices(kf, tt, n_side)
-            ctx = stack[idx]
-            pos = ((kf[idx] - tt) * dz).astype(np.float32)
-            cub = spline_at(kf, stack, np.array([tt]), 3)
-            lin = spline_at(kf, stack, np.array([tt]), 1)
+            ctx, pos, cub, lin = local_inputs(kf, stack, tt, dz, n_side)  # the inputs inference builds
             return (ctx, pos, cub, np.ascontiguousarray(target, dtype=np.float32), lin,
                     np.float32(thick_mm))
 

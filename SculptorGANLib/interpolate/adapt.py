@@ -18,10 +18,10 @@ from typing import Callable
 import numpy as np
 
 from ..core.errors import CancelledError
-from .context import context_indices, slab_weights, spline_weights
+from .context import slab_weights
+from .learned import LOCAL_KNOTS, local_inputs
 
 AIR = -1.024          # normalized units (HU / 1000)
-KNOTS = 6             # rows each side for the local spline estimates, as in training
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def degraded_sample(stack: np.ndarray, step_mm: float, keep_every: int, thicknes
     gaps = np.setdiff1d(np.arange(known[0] + 1, known[-1]), known)
     t = int(gaps[int(rng.integers(0, len(gaps)))])
     j = int(np.searchsorted(known, t))
-    win = known[max(0, j - KNOTS):j + KNOTS]
+    win = known[max(0, j - LOCAL_KNOTS):j + LOCAL_KNOTS]
     y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     crop = (slice(y0, y0 + ph), slice(x0, x0 + pw))
     target = stack[(t,) + crop][None]
@@ -70,13 +70,9 @@ def degraded_sample(stack: np.ndarray, step_mm: float, keep_every: int, thicknes
     pos, tt = win.astype(float), float(t)
     if rng.random() < 0.5:
         pos, tt, planes = -pos[::-1], -tt, planes[::-1]
-    planes = np.ascontiguousarray(planes, np.float32)
-    idx = context_indices(pos, tt, n_side)
-    cubic = np.tensordot(spline_weights(pos, np.array([tt]), "cubic").astype(np.float32), planes, 1)
-    linear = np.tensordot(spline_weights(pos, np.array([tt]), "linear").astype(np.float32), planes, 1)
+    context, distances, cubic, linear = local_inputs(pos, np.ascontiguousarray(planes, np.float32), tt, step_mm, n_side)
     thick_mm = thickness_rows * step_mm if thickness_rows > 1 else 0.0
-    return (planes[idx], ((pos[idx] - tt) * step_mm).astype(np.float32), cubic,
-            np.ascontiguousarray(target, np.float32), linear, np.float32(thick_mm))
+    return context, distances, cubic, np.ascontiguousarray(target, np.float32), linear, np.float32(thick_mm)
 
 
 def adapt_generator(net, slices: np.ndarray, gap_mm: float, spacing_xy: tuple[float, float], *,

@@ -15,7 +15,9 @@ LOCAL_KNOTS = 6  # acquired slices each side for the local spline (weights decay
 
 def local_inputs(known: np.ndarray, slices: np.ndarray, target: float, dz: float, n_side: int,
                  exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(context 2n×H×W, signed distances mm, cubic 1×H×W, linear 1×H×W) for one target position."""
+    """(context 2n×H×W, signed distances mm, cubic 1×H×W, linear 1×H×W) for one target position: the
+    network's inputs, built the same way for inference, training (``training/interp_sampler.py``) and
+    per-scan adaptation (``adapt.py``)."""
     keep = np.ones(len(known), bool)
     if exclude_self:
         keep &= ~np.isclose(known, target)

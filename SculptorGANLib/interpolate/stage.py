@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from ..core.errors import CancelledError, InputError
 from ..core.volume import CTVolume
-from .context import banded_spline
+from .context import banded_spline, normalize_hu
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +147,15 @@ def _jobs(plan: InterpolationPlan, dz: float, card, enhance: bool) -> tuple[list
 
 
 def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net, card, device, jobs: list,
-                enhance_weight: float, thickness_mm: float, batch_size: int | None, tile: int | None,
-                progress, cancel) -> np.ndarray:
-    """Refine ``base_hu`` (cubic) at the ``jobs`` positions with the generator."""
-    from .context import denormalize_hu, normalize_hu
+                acquired: np.ndarray, enhance_weight: float, thickness_mm: float, batch_size: int | None,
+                tile: int | None, progress, cancel) -> np.ndarray:
+    """Refine ``base_hu`` (cubic) at the ``jobs`` positions with the generator (``acquired``: the acquired
+    slices, normalized)."""
+    from .context import denormalize_hu
     from .learned import predict
 
     dz = ct.geometry.spacing[2]
     known = plan.known.astype(float)
-    slices = normalize_hu(ct.array[plan.known])
     linear_hu = classical_slices(ct, plan, "linear")
     out = base_hu.copy()
     if not jobs:
@@ -182,13 +182,13 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
     pred = np.empty((len(idx),) + ct.shape[1:], np.float32)
     if new.any():
         sel = idx[new]
-        pred[new] = predict(net, known, slices, plan.targets[sel], dz, thickness_mm=thickness_mm,
+        pred[new] = predict(net, known, acquired, plan.targets[sel], dz, thickness_mm=thickness_mm,
                             base=normalize_hu(base_hu[sel]), linear=normalize_hu(linear_hu[sel]), batch_size=batch_size,
                             tile=tile, device=device, amp=device.type == "cuda", on_batch=on_batch)
     if loo.any():
         sel = idx[loo]
         offset = int(new.sum())
-        pred[loo] = predict(net, known, slices, plan.targets[sel], dz, thickness_mm=thickness_mm,
+        pred[loo] = predict(net, known, acquired, plan.targets[sel], dz, thickness_mm=thickness_mm,
                             exclude_self=np.ones(len(sel), bool), batch_size=batch_size, tile=tile, device=device,
                             amp=device.type == "cuda", on_batch=lambda n: on_batch(offset + n))
     pred = np.clip(denormalize_hu(pred), -1024, 3071)
@@ -279,36 +279,33 @@ def interpolate(ct: CTVolume, factor: int | None = None, target_spacing: float |
     return out, info
 
 
-def _adapted(ct: CTVolume, plan: InterpolationPlan, model, dev, thickness_mm: float, adapt, progress, cancel,
-             info: dict):
-    """The generator fine-tuned on this scan (``adapt.py``), ready for inference; None when skipped."""
+def _adapted(raw, card, ct: CTVolume, plan: InterpolationPlan, slices: np.ndarray, dev, thickness_mm: float,
+             adapt, progress, cancel, info: dict):
+    """The unfused generator ``raw`` fine-tuned on this scan (``adapt.py``; ``slices``: the acquired ones,
+    normalized), ready for inference; None when skipped."""
     from ..nn.fastgen import FAST_ARCH, prepare_for_inference
     from .adapt import AdaptSettings, adapt_generator
-    from .context import normalize_hu
 
-    settings = adapt if isinstance(adapt, AdaptSettings) else AdaptSettings()
-    raw, card = load_generator(model, dev, fast=False)
     if card.architecture != FAST_ARCH:
         info["adaptation"] = {"skipped": f"model architecture {card.architecture} cannot be adapted"}
         return None
+    settings = adapt if isinstance(adapt, AdaptSettings) else AdaptSettings()
     known = plan.known.astype(float)
     gap_mm = float(np.median(np.diff(known))) * ct.geometry.spacing[2] if len(known) > 1 else 0.0
-    net, summary = adapt_generator(raw, normalize_hu(ct.array[plan.known]), gap_mm, ct.geometry.spacing[:2],
-                                   thickness_mm=thickness_mm, settings=settings, device=dev, progress=progress,
-                                   cancel=cancel)
+    net, summary = adapt_generator(raw, slices, gap_mm, ct.geometry.spacing[:2], thickness_mm=thickness_mm,
+                                   settings=settings, device=dev, progress=progress, cancel=cancel)
     info["adaptation"] = summary
     if "skipped" in summary:
         return None
     return prepare_for_inference(net, channels_last=dev.type == "cpu")
 
 
-def _choose(candidates: list, ct: CTVolume, plan: InterpolationPlan, thickness_mm: float, dev, info: dict):
+def _choose(candidates: list, ct: CTVolume, plan: InterpolationPlan, slices: np.ndarray, thickness_mm: float, dev,
+            info: dict):
     """The self-check over (name, network) candidates: the best one that beats cubic, or None (cubic)."""
-    from .context import normalize_hu
     from .selfcheck import decide
 
     known = plan.known.astype(float)
-    slices = normalize_hu(ct.array[plan.known])
     decisions = [(name, net, decide(net, known, slices, ct.geometry.spacing[2], thickness_mm=thickness_mm,
                                     device=dev)) for name, net in candidates]
     winners = [d for d in decisions if d[2].use_network]
@@ -334,7 +331,7 @@ def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enha
         from ..core.device import is_out_of_memory, resolve_device
 
         dev = resolve_device(device)
-        net, card = load_generator(model, dev)
+        net, card = load_generator(model, dev, fast=not adapt)  # adapting needs the unfused network too
     except InputError as exc:
         if model:  # the user named a model: a broken one is an error, not a silent fallback
             raise
@@ -344,15 +341,19 @@ def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enha
         return base
     info.update(model=card.name, model_version=card.version, device=str(dev))
     dz = ct.geometry.spacing[2]
+    acquired = normalize_hu(ct.array[plan.known])
     candidates = [("unadapted", net)]
-    if adapt:
-        adapted = _adapted(ct, plan, model, dev, thickness_mm, adapt, progress, cancel, info)
+    if adapt:  # ``net`` was loaded unfused: it is what adaptation fine-tunes (a copy)
+        from ..nn.fastgen import prepare_for_inference
+
+        candidates = [("unadapted", prepare_for_inference(net, channels_last=dev.type == "cpu"))]
+        adapted = _adapted(net, card, ct, plan, acquired, dev, thickness_mm, adapt, progress, cancel, info)
         if adapted is not None:
             candidates.insert(0, ("adapted", adapted))
     if requested == "auto":
         if progress is not None:
             progress(0.0, "checking the network against cubic on this scan's acquired slices")
-        chosen = _choose(candidates, ct, plan, thickness_mm, dev, info)
+        chosen = _choose(candidates, ct, plan, acquired, thickness_mm, dev, info)
         if chosen is None:
             info.update(method="cubic", slices_by_method={"cubic": n_new} if n_new else {},
                         note=info["decision"])
@@ -364,7 +365,7 @@ def _learned(ct, plan, requested, device, model, progress, cancel, enhance, enha
         if len(candidates) > 1:
             info["adaptation"]["used"] = True
     jobs, skipped = _jobs(plan, dz, card, enhance)
-    kw = dict(enhance_weight=enhance_weight, thickness_mm=thickness_mm, batch_size=batch_size, tile=tile_size,
+    kw = dict(acquired=acquired, enhance_weight=enhance_weight, thickness_mm=thickness_mm, batch_size=batch_size, tile=tile_size,
               progress=progress, cancel=cancel)
     try:
         slices = _gan_slices(ct, plan, base, net, card, dev, jobs, **kw)
