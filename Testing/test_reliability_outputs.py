@@ -213,3 +213,21 @@ def test_sigterm_leaves_no_staging_and_stale_ones_are_removed(tmp_path):
     proc.wait(timeout=30)
     assert proc.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_staging_of_a_zombie_or_live_process_is_judged_by_one_check(tmp_path):
+    from SculptorGANLib.core.processes import process_alive
+    from SculptorGANLib.io.atomic import remove_stale_staging
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while process_alive(child.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        time.sleep(0.05)
+    assert not process_alive(child.pid) and process_alive(os.getpid())
+    zombie = tmp_path / f".out.partial-{child.pid}-0123abcd"
+    ours = tmp_path / f".out.partial-{os.getpid()}-0123abcd"
+    zombie.mkdir()
+    ours.mkdir()
+    remove_stale_staging(tmp_path)
+    assert not zombie.exists() and ours.exists()  # a zombie writes nothing more; this process still may
+    child.wait()

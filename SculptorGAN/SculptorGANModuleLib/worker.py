@@ -56,21 +56,11 @@ def workerEnvironment() -> Dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
-    """True while ``pid`` is a running (not zombie) process."""
-    if os.name == "nt":
-        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"], capture_output=True, text=True)
-        return str(pid) in out.stdout
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc (macOS): kill(0) said it exists
+    """True while ``pid`` is a running (not zombie) process (the library's one check)."""
+    ensureLibraryImportable()
+    from SculptorGANLib.core.processes import process_alive
+
+    return process_alive(pid)
 
 
 class WorkerJob:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..core.errors import InputError, OutputError, SculptorGANError
+from ..core.processes import process_alive
 from .volumes import volume_suffix
 
 #: Marker file of every result folder we write (JSON: tool, kind, the files written).
@@ -126,18 +127,6 @@ def _check_replaceable(out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- stale staging
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_staging(parent: Path, name: str | None = None) -> list[Path]:
     """Remove staging files/folders in ``parent`` (of ``name`` only, if given) left by dead processes."""
     removed = []
@@ -147,7 +136,7 @@ def remove_stale_staging(parent: Path, name: str | None = None) -> list[Path]:
         return removed
     for entry in entries:
         match = _STAGING.match(entry.name)
-        if not match or (name is not None and match["name"] != name) or _alive(int(match["pid"])):
+        if not match or (name is not None and match["name"] != name) or process_alive(int(match["pid"])):
             continue
         try:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
