@@ -38,8 +38,9 @@ def shared_data(*parts: str) -> Path:
 
 
 def write_dicom_series(folder: Path, array: np.ndarray, spacing_xy: tuple[float, float], positions_z,
-                       origin_xy: tuple[float, float] = (0.0, 0.0)) -> Path:
-    """Write one axial CT slice per DICOM file at the given z positions (mm); returns the folder."""
+                       origin_xy: tuple[float, float] = (0.0, 0.0), series_uid: str = "1.2.3.4") -> Path:
+    """Write one axial CT slice per DICOM file at the given z positions (mm), in series ``series_uid``;
+    returns the folder."""
     import SimpleITK as sitk
 
     from SculptorGANLib.io.dicom import preserved_locale
@@ -53,7 +54,7 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing_xy: tuple[float,
             image = sitk.GetImageFromArray(np.asarray(slice_).astype(np.int16)[None])
             image.SetSpacing((*spacing_xy, 1.0))
             image.SetOrigin((x, y, float(z)))
-            for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+            for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", series_uid),
                                ("0020|0013", str(i + 1)), ("0020|0032", f"{x}\\{y}\\{z}"),
                                ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
                 image.SetMetaData(tag, value)

@@ -10,29 +10,13 @@ import pytest
 from SculptorGANLib.cli import main
 from SculptorGANLib.core.errors import InputError
 from SculptorGANLib.io import read_ct
+from conftest import write_dicom_series
 
 
 def _series(folder, n=6, uid="1.2.3.4"):
     """``n`` axial 12x12 CT slices 2 mm apart, one DICOM file each, in series ``uid``."""
-    import SimpleITK as sitk
-
-    from SculptorGANLib.io.dicom import preserved_locale
-
-    folder.mkdir(parents=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
     array = np.random.default_rng(0).normal(0, 40, (n, 12, 12)).astype(np.int16)
-    with preserved_locale():
-        for i in range(n):
-            image = sitk.GetImageFromArray(array[i][None])
-            image.SetOrigin((0.0, 0.0, 2.0 * i))
-            for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", uid),
-                               ("0020|0013", str(i + 1)), ("0020|0032", f"0\\0\\{2.0 * i}"),
-                               ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
-                image.SetMetaData(tag, value)
-            writer.SetFileName(str(folder / f"IM{i:04d}.dcm"))
-            writer.Execute(image)
-    return folder
+    return write_dicom_series(folder, array, (1.0, 1.0), [2.0 * i for i in range(n)], series_uid=uid)
 
 
 def test_corrupt_file_in_a_series_is_named(tmp_path):
