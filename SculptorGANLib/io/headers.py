@@ -115,21 +115,28 @@ def nifti_header_bytes(path: Path) -> bytes:
         raise InputError(f"{path}: cannot be read as an image volume (truncated or corrupt gzip data: {exc})") from None
 
 
+def nifti1_fields(header: bytes) -> tuple[str, tuple[int, ...], int, int] | None:
+    """(byte order ``<`` or ``>``, ``dim[0..7]``, datatype, bitpix) of a NIfTI-1 header (its first 348
+    bytes); None when ``sizeof_hdr`` is 348 in neither byte order (NIfTI-2, or not NIfTI)."""
+    for endian in "<>":
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            datatype, bitpix = struct.unpack(endian + "hh", header[70:74])
+            return endian, struct.unpack(endian + "8h", header[40:56]), datatype, bitpix
+    return None
+
+
 def inspect_nifti(path: Path) -> HeaderInfo | None:
     """Size and spacing of a NIfTI-1 file; refuses bad pixdim and a singular/sheared sform. None for NIfTI-2."""
     data = nifti_header_bytes(path)
     if len(data) < 348:
         raise InputError(f"{path}: cannot be read as an image volume (truncated NIfTI header: {len(data)} of 348 bytes)")
-    for endian in "<>":
-        if struct.unpack(endian + "i", data[:4])[0] == 348:
-            break
-    else:
+    fields = nifti1_fields(data)
+    if fields is None:
         return None  # NIfTI-2 or not NIfTI: ITK decides
-    dims = struct.unpack(endian + "8h", data[40:56])
+    endian, dims, datatype, bitpix = fields
     ndim = dims[0]
     if not 0 < ndim <= 7 or any(d < 0 for d in dims[1:ndim + 1]):
         raise InputError(f"{path}: invalid NIfTI dimensions {dims}")
-    datatype, bitpix = struct.unpack(endian + "hh", data[70:74])
     pixdim = struct.unpack(endian + "8f", data[76:108])
     check_spacing(path, pixdim[1:min(ndim, 3) + 1], "voxel spacing (pixdim)")
     qform_code, sform_code = struct.unpack(endian + "hh", data[252:256])

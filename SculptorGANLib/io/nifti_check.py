@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
+from .headers import nifti1_fields
 
 _FLOAT_TYPES = {16: "f4", 64: "f8"}
 _CHUNK = 1 << 22
@@ -27,13 +28,10 @@ def check_nifti(path: Path) -> None:
             header = handle.read(348)
             if len(header) < 348:
                 raise InputError(f"{path}: truncated NIfTI header")
-            for endian in "<>":
-                if struct.unpack(endian + "i", header[:4])[0] == 348:
-                    break
-            else:
+            fields = nifti1_fields(header)
+            if fields is None:
                 return  # NIfTI-2 or unknown layout: leave it to ITK
-            dims = struct.unpack(endian + "8h", header[40:56])
-            datatype, bitpix = struct.unpack(endian + "hh", header[70:74])
+            endian, dims, datatype, bitpix = fields
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
             count = int(np.prod([max(d, 1) for d in dims[1:dims[0] + 1]], dtype=np.float64)) if 0 < dims[0] <= 7 else 0
             expected = offset + count * bitpix // 8
