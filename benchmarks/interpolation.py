@@ -254,7 +254,7 @@ def main(argv=None) -> int:
             r = evaluate(ct, k, model, args.phases, args.adapt)
             results[s][str(k)] = r
             print(f"{s} k={k}: " + " ".join(f"{m} {r[m]['psnr']:.2f}/{r[m]['psnr_w']:.2f}/{r[m]['ssim']:.4f}"
-                                           for m in METHODS + (("adapted",) if args.adapt else ())) + f" net used {r['network_used']}/{r['phases']}",
+                                           for m in METHODS + ("adapted",) if m in r) + f" net used {r['network_used']}/{r['phases']}",
                   flush=True)
     if not results:
         return 2

@@ -11,11 +11,11 @@ every 200 steps to RUN/last.pt and resumes from there.
     python -m training.interp_fast --out training/runs/fast_all --steps 6000
     python -m training.interp_fast --out training/runs/fast_all --steps 12000 --set inplane_prob=0.3
     python -m training.interp_fast --out training/runs/fast_lopo_totalseg --exclude totalseg --steps 6000
+    python -m training.interp_fast --out training/runs/fast_all --export Resources/Models \\
+        --lopo-json benchmarks/results/interpolation_lopo.json          # export RUN/final.pt + card
 
 The shipped model's recipe is the first two lines (the second resumes at step 6000 with a warm restart of
 the cosine schedule and adds in-plane pairs: each real series re-stacked along y and x, 30% of samples).
-    python -m training.interp_fast --out training/runs/fast_all --export Resources/Models \\
-        --lopo-json benchmarks/results/interpolation_lopo.json          # export RUN/final.pt + card
 
 ``--data NAME=PATH`` replaces the default real series (those of ``../shared/data`` that exist).
 """
