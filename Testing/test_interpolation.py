@@ -194,3 +194,16 @@ def test_banded_spline_equals_the_spline_fit():
         assert out.dtype == np.float32 and np.abs(out - ref).max() < 1e-2
     few = banded_spline(known[:3], slices[:3], targets[:5])  # < 4 knots: linear, as spline_at
     np.testing.assert_allclose(few, spline_at(known[:3], slices[:3], targets[:5]), atol=1e-3)
+
+
+def test_values_outside_the_networks_range_keep_cubic(phantom, tiny_model):
+    """Padding beyond the field of view (-2048 here) stays padding in synthesized slices, not -1024."""
+    arr = phantom.array[::2].copy()
+    arr[:, :5, :] = -2048.0
+    thick = CTVolume(arr, phantom.geometry.with_z_spacing(4.0), name="padded")
+    out, info = interpolate(thick, factor=2, method="gan", model=str(tiny_model))
+    cubic, _ = interpolate(thick, factor=2, method="cubic")
+    assert info["slices_by_method"] == {"gan": thick.shape[0] - 1}
+    np.testing.assert_array_equal(out.array[1::2, :4, :], cubic.array[1::2, :4, :])
+    assert out.array[1::2, :4, :].max() < -2047.0  # padding, not clipped to -1024
+    assert not np.array_equal(out.array[1::2, 8:], cubic.array[1::2, 8:])  # the network made the rest

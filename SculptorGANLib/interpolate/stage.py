@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from ..core.errors import CancelledError, InputError
 from ..core.volume import CTVolume
-from .context import banded_spline, normalize_hu
+from .context import HU_MAX, HU_MIN, banded_spline, normalize_hu
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,10 @@ def _gan_slices(ct: CTVolume, plan: InterpolationPlan, base_hu: np.ndarray, net,
         pred[loo] = predict(net, known, acquired, plan.targets[sel], dz, thickness_mm=thickness_mm,
                             exclude_self=np.ones(len(sel), bool), batch_size=batch_size, tile=tile, device=device,
                             amp=device.type == "cuda", on_batch=lambda n: on_batch(offset + n))
-    pred = np.clip(denormalize_hu(pred), -1024, 3071)
+    pred = np.clip(denormalize_hu(pred), HU_MIN, HU_MAX)
     for (i, is_loo), p in zip(jobs, pred):
+        # outside the network's range (padding beyond the field of view, e.g. -2048; metal) cubic is kept
+        p = np.where((base_hu[i] < HU_MIN) | (base_hu[i] > HU_MAX), base_hu[i], p)
         out[i] = base_hu[i] + enhance_weight * (p - base_hu[i]) if is_loo else p
     return out
 
