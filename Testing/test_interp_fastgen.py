@@ -90,3 +90,24 @@ def test_predict_tiles_and_batches_match_whole_slices():
     tiled = predict(net, known, slices, targets, 2.5, batch_size=3, tile=48, overlap=12)
     # tiles see less context at their borders: equal in the tile interiors, close everywhere
     assert np.abs(tiled - whole).mean() < 2e-3
+
+
+def test_grown_generator_keeps_the_trained_function_then_learns():
+    from SculptorGANLib.nn.fastgen import grow
+
+    small = _trained_like(3)
+    big = grow(small.state_dict(), FastSliceGenerator(channels=(8, 12, 16), refine_blocks=1)).eval()
+    ctx, base, pos, lin = _inputs()
+    with torch.no_grad():
+        assert torch.equal(small(ctx, base, pos, lin), big(ctx, base, pos, lin))
+    fused = prepare_for_inference(big)
+    with torch.no_grad():
+        assert torch.allclose(fused(ctx.contiguous(memory_format=torch.channels_last), base, pos, lin),
+                              small(ctx, base, pos, lin), atol=1e-4)
+    big.train()
+    loss = (big(ctx, base, pos, lin) - ctx[:, :1]).pow(2).mean()
+    loss.backward()
+    assert big.r0[0].body[-1].weight.grad.abs().sum() > 0  # the identity blocks get gradients
+    with pytest.raises(ValueError, match="does not fit"):
+        grow(FastSliceGenerator(channels=(8, 12, 20)).state_dict(), FastSliceGenerator(channels=(8, 12, 16)))
+    assert build_fast_generator({"channels": [8, 12, 16], "refine_blocks": 1}).refine_blocks == 1

@@ -85,3 +85,12 @@ def test_train_resume_export_and_run(tmp_path):
     out, info = interpolate(CTVolume(ct.array, ct.geometry), factor=2, method="gan", model=str(card.path))
     assert info["model"] == "tiny_fast" and info["slices_by_method"] == {"gan": 11}
     np.testing.assert_array_equal(out.array[::2], ct.array)
+    grown = tmp_path / "grown"  # a new run started from the first one's weights, one refinement block wider
+    assert interp_fast.main(["--out", str(grown), "--no-real", "--steps", "10", "--init-from", str(run / "final.pt"),
+                             "--set=refine_blocks=1", *sets]) == 0
+    assert json.loads((grown / "run.json").read_text())["init_from"] == str(run / "final.pt")
+    assert interp_fast.main(["--out", str(grown), "--export", str(tmp_path / "g"), "--name", "tiny_grown"]) == 0
+    big = find_model("interpolation", str(tmp_path / "g" / "tiny_grown.json"))
+    assert big.arch_args["refine_blocks"] == 1
+    out2, info2 = interpolate(CTVolume(ct.array, ct.geometry), factor=2, method="gan", model=str(big.path))
+    assert info2["model"] == "tiny_grown" and np.isfinite(out2.array).all()

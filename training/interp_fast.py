@@ -47,7 +47,7 @@ SERIES = {  # name: (path under ../shared/data, license)
 CFG: dict = dict(patch=96, batch_size=8, steps=3000, lr=1e-3, n_side=2, channels=[24, 48, 64], dw=True,
                  residual_scale=0.5, k_max=6, max_gap_mm=24.0, slab_prob=0.35, irregular_prob=0.1,
                  thickness_known_prob=0.5, intensity_jitter=0.05, phantom_prob=0.15, phantoms=4, mse_weight=10.0,
-                 blend_lr_mult=10.0, seed=0, phantom_shape=[64, 128, 128], inplane_prob=0.0)
+                 blend_lr_mult=10.0, seed=0, phantom_shape=[64, 128, 128], inplane_prob=0.0, refine_blocks=0)
 
 
 def real_series(entries: list[str] | None) -> dict[str, Path]:
@@ -86,20 +86,27 @@ def load_volumes(series: dict[str, Path], exclude: list[str], phantoms: int,
 
 def build(cfg: dict) -> FastSliceGenerator:
     return FastSliceGenerator(cfg["n_side"], tuple(cfg["channels"]), depthwise=cfg["dw"],
-                              residual_scale=cfg["residual_scale"])
+                              residual_scale=cfg["residual_scale"], refine_blocks=cfg.get("refine_blocks", 0))
 
 
 def arch_args(cfg: dict) -> dict:
     return {"n_side": cfg["n_side"], "channels": list(cfg["channels"]), "pos_scale_mm": 10.0,
-            "residual_scale": cfg["residual_scale"], "depthwise": cfg["dw"]}
+            "residual_scale": cfg["residual_scale"], "depthwise": cfg["dw"],
+            "refine_blocks": cfg.get("refine_blocks", 0)}
 
 
-def train(out: Path, cfg: dict, vols: list[dict], max_minutes: float = 1e9, log=print) -> Path:
-    """Train (or resume from OUT/last.pt) for cfg['steps'] steps; writes OUT/final.pt and returns it."""
+def train(out: Path, cfg: dict, vols: list[dict], max_minutes: float = 1e9, log=print,
+          init: dict | None = None) -> Path:
+    """Train (or resume from OUT/last.pt) for cfg['steps'] steps; writes OUT/final.pt and returns it.
+    ``init``: a trained generator's weights to start from (a fresh run grown from it, see ``fastgen.grow``)."""
+    from SculptorGANLib.nn.fastgen import grow
+
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     net = build(cfg)
+    if init is not None:
+        grow(init, net)
     blend = list(net.blend.parameters())
     rest = [p for n, p in net.named_parameters() if not n.startswith("blend.")]
     opt = torch.optim.Adam([{"params": rest}, {"params": blend, "lr": cfg["lr"] * cfg["blend_lr_mult"]}], lr=cfg["lr"])
@@ -181,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-real", action="store_true", help="phantoms only (tests, smoke runs)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a config value")
+    p.add_argument("--init-from", default=None, metavar="PT", help="start a new run from a trained run's final.pt "
+                   "(the generator may be grown: --set refine_blocks=N)")
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop with a checkpoint after this long")
     p.add_argument("--export", default=None, metavar="DIR", help="only export RUN/final.pt (+ card) to DIR")
     p.add_argument("--lopo-json", default=None, help="leave-one-patient-out results for the card (--export)")
@@ -208,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     vols = load_volumes({} if args.no_real else series, exclude, int(cfg["phantoms"]), cfg["phantom_shape"],
                         inplane=cfg.get("inplane_prob", 0.0) > 0)
     run.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "config": cfg, "exclude": exclude, "data": [v["name"] for v in vols if v["real"] and not v.get("inplane")]}
+    record = {"command": command, "config": cfg, "exclude": exclude, "init_from": args.init_from,
+              "data": [v["name"] for v in vols if v["real"] and not v.get("inplane")]}
     (run / "run.json").write_text(json.dumps(record, indent=1))
     with open(run / "log.txt", "a", encoding="utf-8") as handle:
         def log(msg: str) -> None:
             handle.write(msg + "\n")
             handle.flush()
-        final = train(run, cfg, vols, args.max_minutes, log)
+        init = torch.load(args.init_from, weights_only=True)["net"] if args.init_from else None
+        final = train(run, cfg, vols, args.max_minutes, log, init)
     print(f"wrote {final}")
     return 0
 

@@ -7,6 +7,8 @@ The image is pixel-unshuffled to half resolution (4× channels), passes a three-
 depthwise-separable (WP) blocks, and is shuffled back. The output is
 ``cubic + β·(linear − cubic) + s·residual`` with β a linear function of the conditioning; β and the
 last layer start at zero, so an untrained network reproduces the cubic estimate exactly.
+``refine_blocks`` residual WP blocks per level (default 0) add capacity where it is cheap; each starts as
+the identity, so a trained network grows into a wider one with its function unchanged (``grow``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FAST_ARCH = "sculptorgan_fastunet2d"
-ARCH_KEYS = ("n_side", "channels", "pos_scale_mm", "residual_scale", "depthwise")
+ARCH_KEYS = ("n_side", "channels", "pos_scale_mm", "residual_scale", "depthwise", "refine_blocks")
 
 
 def _cbr(cin: int, cout: int, depthwise: bool = False) -> nn.Sequential:
@@ -34,6 +36,20 @@ def _proj(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+class _ResidualWP(nn.Module):
+    """x + (depthwise 3×3 → BN → ReLU → pointwise → BN)(x); the last BN starts at zero (identity block,
+    with gradients: no ReLU after it)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.BatchNorm2d(c),
+                                  nn.ReLU(inplace=True), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        nn.init.zeros_(self.body[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 class FastSliceGenerator(nn.Module):
     """Residual slice generator working at half resolution (pixel-unshuffle), 3 levels."""
 
@@ -41,7 +57,7 @@ class FastSliceGenerator(nn.Module):
     use_linear = True
 
     def __init__(self, n_side: int = 2, channels: tuple[int, int, int] = (24, 48, 64), pos_scale_mm: float = 10.0,
-                 residual_scale: float = 0.5, depthwise: bool = True):
+                 residual_scale: float = 0.5, depthwise: bool = True, refine_blocks: int = 0):
         super().__init__()
         if n_side < 1 or len(channels) != 3:
             raise ValueError("n_side must be >= 1 and channels must list 3 widths")
@@ -60,6 +76,9 @@ class FastSliceGenerator(nn.Module):
         self.g1 = nn.Sequential(_cbr(c1, c1, dw), _cbr(c1, c1, dw))
         self.u1 = _proj(c1, c0, 1)
         self.g0 = _cbr(c0, c0)
+        self.refine_blocks = int(refine_blocks)
+        self.r2, self.r1, self.r0 = (nn.Sequential(*[_ResidualWP(c) for _ in range(self.refine_blocks)])
+                                     for c in (c2, c1, c0))
         self.head = nn.Conv2d(c0, 4, 3, padding=1)
         self.blend = nn.Linear(self.n_cond, 1)
         for layer in (self.head, self.blend):
@@ -80,9 +99,9 @@ class FastSliceGenerator(nn.Module):
         x = F.pixel_unshuffle(torch.cat([context, base, linear], 1), 2)
         x = self.e0(self.stem(torch.cat([x, cond[:, :, None, None].expand(b, -1, h // 2, w // 2)], 1)))
         s1 = self.e1(self.d1(x))
-        y = self.e2(self.d2(s1))
-        y = self.g1(s1 + F.interpolate(self.u2(y), scale_factor=2, mode="bilinear", align_corners=False))
-        y = self.g0(x + F.interpolate(self.u1(y), scale_factor=2, mode="bilinear", align_corners=False))
+        y = self.r2(self.e2(self.d2(s1)))
+        y = self.r1(self.g1(s1 + F.interpolate(self.u2(y), scale_factor=2, mode="bilinear", align_corners=False)))
+        y = self.r0(self.g0(x + F.interpolate(self.u1(y), scale_factor=2, mode="bilinear", align_corners=False)))
         start = base + self.blend(cond)[:, :, None, None] * (linear - base)
         return start + self.residual_scale * F.pixel_shuffle(self.head(y), 2)
 
@@ -93,6 +112,19 @@ def build_fast_generator(arch_args: dict | None = None) -> FastSliceGenerator:
     if "channels" in args:
         args["channels"] = tuple(args["channels"])
     return FastSliceGenerator(**args)
+
+
+def grow(state: dict, net: FastSliceGenerator) -> FastSliceGenerator:
+    """``net`` with a trained generator's ``state`` loaded; only ``net``'s refinement blocks may be missing
+    from it (they stay identity blocks, so the output is that of the trained generator)."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"state does not fit the generator: {str(exc).splitlines()[1].strip()}") from None
+    new = [k for k in missing if not k.startswith(("r0.", "r1.", "r2."))]
+    if new or unexpected:
+        raise ValueError(f"state does not fit the generator: missing {new}, unexpected {list(unexpected)}")
+    return net
 
 
 def fuse_batchnorm(net: nn.Module) -> nn.Module:
