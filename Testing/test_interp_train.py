@@ -89,6 +89,15 @@ def test_train_resume_export_and_run(tmp_path):
     assert interp_fast.main(["--out", str(grown), "--no-real", "--steps", "10", "--init-from", str(run / "final.pt"),
                              "--set=refine_blocks=1", *sets]) == 0
     assert json.loads((grown / "run.json").read_text())["init_from"] == str(run / "final.pt")
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    for bad, why in ((tmp_path / "missing.pt", "not a trained run's final.pt"),
+                     (tmp_path / "notes.txt", "not a trained run's final.pt"),
+                     (run / "final.pt", "does not fit the generator")):
+        extra = ["--set=channels=[4,8,12]"] if bad.suffix == ".pt" and bad.exists() else []
+        with pytest.raises(SystemExit, match=why):
+            interp_fast.main(["--out", str(tmp_path / "bad"), "--no-real", "--steps", "10", "--init-from", str(bad),
+                              *sets, *extra])
+        assert not (tmp_path / "bad").exists()  # nothing written
     assert interp_fast.main(["--out", str(grown), "--export", str(tmp_path / "g"), "--name", "tiny_grown"]) == 0
     big = find_model("interpolation", str(tmp_path / "g" / "tiny_grown.json"))
     assert big.arch_args["refine_blocks"] == 1

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SculptorGANLib.nn.fastgen import FAST_ARCH, FastSliceGenerator
+from SculptorGANLib.nn.fastgen import FAST_ARCH, FastSliceGenerator, grow
 from training.interp_sampler import Sampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,8 +102,6 @@ def train(out: Path, cfg: dict, vols: list[dict], max_minutes: float = 1e9, log=
           init: dict | None = None) -> Path:
     """Train (or resume from OUT/last.pt) for cfg['steps'] steps; writes OUT/final.pt and returns it.
     ``init``: a trained generator's weights to start from (a fresh run grown from it, see ``fastgen.grow``)."""
-    from SculptorGANLib.nn.fastgen import grow
-
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -157,6 +155,20 @@ def train(out: Path, cfg: dict, vols: list[dict], max_minutes: float = 1e9, log=
     final = out / "final.pt"
     torch.save({"net": net.state_dict(), "cfg": cfg, "step": step}, final)
     return final
+
+
+def load_init(path: str, cfg: dict) -> dict:
+    """The generator weights of a trained run's ``final.pt``, checked to fit the network ``cfg`` builds
+    (one-line ``SystemExit`` naming the file otherwise)."""
+    try:
+        state = torch.load(path, weights_only=True)["net"]
+    except Exception as exc:  # the unpickler raises whatever a foreign or truncated file makes it hit
+        raise SystemExit(f"{path}: not a trained run's final.pt ({type(exc).__name__}: {exc})") from None
+    try:
+        grow(state, build(cfg))
+    except ValueError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+    return state
 
 
 def export(run: Path, out_dir: Path, lopo: dict | None, command: str, name: str = "sculptorgan_interp") -> Path:
@@ -217,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["steps"] = args.steps
     exclude = [e for e in args.exclude.split(",") if e]
     series = real_series(args.data)
+    init = load_init(args.init_from, cfg) if args.init_from else None  # before anything is written
     vols = load_volumes({} if args.no_real else series, exclude, int(cfg["phantoms"]), cfg["phantom_shape"],
                         inplane=cfg.get("inplane_prob", 0.0) > 0)
     run.mkdir(parents=True, exist_ok=True)
@@ -227,7 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         def log(msg: str) -> None:
             handle.write(msg + "\n")
             handle.flush()
-        init = torch.load(args.init_from, weights_only=True)["net"] if args.init_from else None
         final = train(run, cfg, vols, args.max_minutes, log, init)
     print(f"wrote {final}")
     return 0
