@@ -56,6 +56,31 @@ def test_in_plane_restacked_volumes_give_wide_gaps_in_mm():
     assert gaps.max() <= cfg["max_gap_mm"] + 1e-4 and gaps.max() > 5.0  # gaps as wide as real slice gaps
 
 
+def test_coarse_pixel_copies_of_fine_scans(tmp_path):
+    from SculptorGANLib.core.volume import CTVolume, Geometry
+    from SculptorGANLib.io.volumes import write_volume
+
+    arr = np.arange(2 * 6 * 7, dtype=np.float32).reshape(2, 6, 7)
+    coarse = interp_fast.block_mean(arr, 3)
+    assert coarse.shape == (2, 2, 2) and coarse[1, 1, 0] == pytest.approx(arr[1, 3:6, 0:3].mean())
+    rng = np.random.default_rng(0)
+    fine = CTVolume(rng.normal(0, 300, (20, 60, 60)).astype(np.float32), Geometry(spacing=(0.75, 0.75, 2.0)))
+    write_volume(fine, tmp_path / "fine.nii.gz")
+    write_volume(CTVolume(fine.array[:, :20, :20], Geometry(spacing=(3.0, 3.0, 2.0))), tmp_path / "coarse.nii.gz")
+    series = {"fine": tmp_path / "fine.nii.gz", "coarse": tmp_path / "coarse.nii.gz"}
+    vols = interp_fast.load_volumes(series, [], 0, lowres_mm=3.0)
+    assert [v["name"] for v in vols] == ["fine", "fine_lowres", "coarse"]  # only scans with much finer pixels
+    assert vols[1]["array"].shape == (20, 15, 15) and vols[1]["dz"] == 2.0
+    cfg = {**interp_fast.CFG, **TINY, "patch": 12, "slab_prob": 0.0, "irregular_prob": 0.0}
+    plain = Sampler([vols[0]], cfg, np.random.default_rng(3)).batch(4)
+    unused = Sampler(vols[:2], cfg, np.random.default_rng(3)).batch(4)  # lowres_prob 0: never drawn, same stream
+    for a, b in zip(plain, unused):
+        torch.testing.assert_close(a, b)
+    marked = [vols[0], {**vols[1], "array": np.full_like(vols[1]["array"], 0.5)}]
+    *_, tgt, _, _ = Sampler(marked, {**cfg, "lowres_prob": 1.0}, np.random.default_rng(3)).batch(8)
+    assert torch.allclose(tgt.amax(dim=(1, 2, 3)), tgt.amin(dim=(1, 2, 3)))  # every sample from the coarse copy
+
+
 def test_train_resume_export_and_run(tmp_path):
     from SculptorGANLib.core.volume import CTVolume
     from SculptorGANLib.interpolate.stage import interpolate

@@ -11,14 +11,21 @@ every 200 steps to RUN/last.pt and resumes from there.
     python -m training.interp_fast --out training/runs/fast_all --steps 6000
     python -m training.interp_fast --out training/runs/fast_all --steps 12000 --set inplane_prob=0.3
     python -m training.interp_fast --out training/runs/fast_all --steps 20000 --set inplane_prob=0.3
+    python -m training.interp_fast --out training/runs/fast_all2 --init-from training/runs/fast_all/final.pt \\
+        --steps 4000 --set inplane_prob=0.3 --set lowres_prob=0.3 --set mse_weight=100 --set lr=5e-4
+    python -m training.interp_fast --out training/runs/fast_all3 --init-from training/runs/fast_all2/final.pt \\
+        --steps 4000 --set inplane_prob=0.3 --set lowres_prob=0.5 --set mse_weight=1000 --set lr=3e-4
     python -m training.interp_fast --out training/runs/fast_lopo_totalseg --exclude totalseg --steps 6000
-    python -m training.interp_fast --out training/runs/fast_all --export Resources/Models \\
+    python -m training.interp_fast --out training/runs/fast_all3 --export Resources/Models \\
         --lopo-json benchmarks/results/interpolation_lopo.json          # export RUN/final.pt + card
 
-The shipped model's recipe is the first three lines (each resumes the last checkpoint with a warm restart of
-the cosine schedule; from the second on, in-plane pairs: each real series re-stacked along y and x, 30% of
-samples). ``--init-from OTHER/final.pt --set refine_blocks=1`` starts a new run from a trained generator grown
-by one residual block per level (``fastgen.grow``).
+The shipped model's recipe is the first five lines: three stages in one folder (each resumes the last
+checkpoint with a warm restart of the cosine schedule; from the second on, in-plane pairs: each real series
+re-stacked along y and x, 30% of samples), then two new runs, each from the last one's weights, with
+coarse-pixel copies (each real series with pixels much finer than ``lowres_mm`` block-averaged to about that
+size, drawn with ``lowres_prob``) and a loss weighted more and more towards MSE (what PSNR measures).
+``--init-from OTHER/final.pt --set refine_blocks=1`` starts a new run from a trained generator grown by one
+residual block per level (``fastgen.grow``).
 
 ``--data NAME=PATH`` replaces the default real series (those of ``../shared/data`` that exist).
 """
@@ -50,7 +57,8 @@ SERIES = {  # name: (path under ../shared/data, license)
 CFG: dict = dict(patch=96, batch_size=8, steps=3000, lr=1e-3, n_side=2, channels=[24, 48, 64], dw=True,
                  residual_scale=0.5, k_max=6, max_gap_mm=24.0, slab_prob=0.35, irregular_prob=0.1,
                  thickness_known_prob=0.5, intensity_jitter=0.05, phantom_prob=0.15, phantoms=4, mse_weight=10.0,
-                 blend_lr_mult=10.0, seed=0, phantom_shape=[64, 128, 128], inplane_prob=0.0, refine_blocks=0)
+                 blend_lr_mult=10.0, seed=0, phantom_shape=[64, 128, 128], inplane_prob=0.0, refine_blocks=0,
+                 lowres_prob=0.0, lowres_mm=3.0)
 
 
 def real_series(entries: list[str] | None) -> dict[str, Path]:
@@ -61,9 +69,11 @@ def real_series(entries: list[str] | None) -> dict[str, Path]:
 
 
 def load_volumes(series: dict[str, Path], exclude: list[str], phantoms: int,
-                 phantom_shape=(64, 128, 128), inplane: bool = False) -> list[dict]:
+                 phantom_shape=(64, 128, 128), inplane: bool = False, lowres_mm: float = 0.0) -> list[dict]:
     """Normalized (HU/1000, clipped) training volumes: real series minus ``exclude``, plus phantoms; with
-    ``inplane`` also each real series re-stacked along y and along x (``inplane`` entries, step = pixel size)."""
+    ``inplane`` also each real series re-stacked along y and along x (``inplane`` entries, step = pixel size);
+    with ``lowres_mm`` also each real series whose pixels are much finer, block-averaged in-plane to about
+    that pixel size (``lowres`` entries: a fine scan seen as a coarse scanner would see it)."""
     from SculptorGANLib.io import read_ct
     from SculptorGANLib.synthetic.phantom import make_phantom
 
@@ -79,12 +89,24 @@ def load_volumes(series: dict[str, Path], exclude: list[str], phantoms: int,
 
             for (stack, step), axis in zip(in_plane_stacks(arr, ct.geometry.spacing[:2]), "yx"):
                 vols.append({"name": f"{name}_{axis}", "array": stack, "dz": step, "real": True, "inplane": True})
+        factor = int(round(lowres_mm / min(ct.geometry.spacing[:2]))) if lowres_mm > 0 else 1
+        if factor >= 2:
+            vols.append({"name": f"{name}_lowres", "array": block_mean(arr, factor), "dz": ct.geometry.spacing[2],
+                         "real": True, "lowres": True})
     for i in range(phantoms):
         dz = [1.0, 1.5, 2.0, 3.0][i % 4]
         ct, _ = make_phantom(tuple(phantom_shape), (2.5, 2.5, dz), seed=1000 + i)
         vols.append({"name": f"phantom{i}", "array": (np.clip(ct.array, -1024, 3071) / 1000).astype(np.float32),
                      "dz": dz, "real": False})
     return vols
+
+
+def block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
+    """``arr`` (z, y, x) with each ``factor``×``factor`` in-plane block replaced by its mean (edges trimmed)."""
+    nz, h, w = arr.shape
+    h, w = h // factor * factor, w // factor * factor
+    blocks = arr[:, :h, :w].reshape(nz, h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
 
 
 def build(cfg: dict) -> FastSliceGenerator:
@@ -187,11 +209,12 @@ def export(run: Path, out_dir: Path, lopo: dict | None, command: str, name: str 
                        "min_gap_mm": 0.0, "context": "2 acquired slices each side + distances in mm + thickness (0 unknown)",
                        "default_method": "auto: per scan, the network only where it beats cubic on held-back acquired slices"},
         training={"command": record.get("command"), "export_command": command, "steps": state["step"], "config": cfg,
+                  "init_from": record.get("init_from"),
                   "data": data + [f"{cfg['phantoms']} phantoms (SculptorGANLib.phantom)"],
                   "data_licenses": licenses | {"phantoms": "generated by SculptorGANLib.phantom (project code, Apache-2.0)"},
                   "notes": record.get("notes", [])},
         metrics={"leave_one_patient_out": lopo} if lopo else {},
-        license="Apache-2.0", version="4")
+        license="Apache-2.0", version="5")
     return save_model(state["net"], card, out_dir)
 
 
@@ -231,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     series = real_series(args.data)
     init = load_init(args.init_from, cfg) if args.init_from else None  # before anything is written
     vols = load_volumes({} if args.no_real else series, exclude, int(cfg["phantoms"]), cfg["phantom_shape"],
-                        inplane=cfg.get("inplane_prob", 0.0) > 0)
+                        inplane=cfg.get("inplane_prob", 0.0) > 0,
+                        lowres_mm=cfg["lowres_mm"] if cfg.get("lowres_prob", 0.0) > 0 else 0.0)
     run.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg, "exclude": exclude, "init_from": args.init_from,
-              "data": [v["name"] for v in vols if v["real"] and not v.get("inplane")]}
+              "data": [v["name"] for v in vols if v["real"] and not v.get("inplane") and not v.get("lowres")]}
     (run / "run.json").write_text(json.dumps(record, indent=1))
     with open(run / "log.txt", "a", encoding="utf-8") as handle:
         def log(msg: str) -> None:

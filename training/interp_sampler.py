@@ -1,5 +1,7 @@
 """Training samples for the fast residual slice generator: dropped slices and simulated thick slabs.
 
+Volumes marked ``lowres`` (a fine real scan block-averaged in-plane to a coarse scanner's pixel size) are
+drawn with probability ``lowres_prob`` and treated like any acquired volume.
 Volumes marked ``inplane`` (a real volume re-stacked along y or x, its fine in-plane rows standing in for
 slices: SMORE's idea, at training time) are drawn with probability ``inplane_prob``, with gaps in mm.
 Each sample: the ``2·n_side`` acquired (or slab-averaged) slices around a gap, their signed distances in
@@ -23,15 +25,19 @@ class Sampler:
 
     def __init__(self, vols, cfg, rng):
         self.cfg, self.rng = cfg, rng
-        self.vols = [v for v in vols if not v.get("inplane")]
+        self.vols = [v for v in vols if not v.get("inplane") and not v.get("lowres")]
         self.inplane = [v for v in vols if v.get("inplane")]
+        self.lowres = [v for v in vols if v.get("lowres")]
         self.p = volume_weights(self.vols, cfg["phantom_prob"])
 
     def _pick(self) -> tuple[dict, bool]:
-        """A volume: with probability ``inplane_prob`` one of the in-plane re-stacked ones (no random draw
-        at all when that is 0, so runs without them keep their random streams)."""
+        """A volume: with probability ``inplane_prob`` one of the in-plane re-stacked ones, else with
+        probability ``lowres_prob`` one of the in-plane block-averaged ones (no random draw at all for a
+        kind whose probability is 0, so runs without it keep their random streams)."""
         if self.inplane and self.cfg.get("inplane_prob", 0.0) > 0 and self.rng.random() < self.cfg["inplane_prob"]:
             return self.inplane[int(self.rng.integers(0, len(self.inplane)))], True
+        if self.lowres and self.cfg.get("lowres_prob", 0.0) > 0 and self.rng.random() < self.cfg["lowres_prob"]:
+            return self.lowres[int(self.rng.integers(0, len(self.lowres)))], False
         return self.vols[int(self.rng.choice(len(self.vols), p=self.p))], False
 
     def sample(self) -> tuple:
