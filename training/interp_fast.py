@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         lowres_mm=cfg["lowres_mm"] if cfg.get("lowres_prob", 0.0) > 0 else 0.0)
     run.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg, "exclude": exclude, "init_from": args.init_from,
-              "data": [v["name"] for v in vols if v["real"] and not v.get("inplane") and not v.get("lowres")]}
+              "data": [] if args.no_real else [n for n in series if n not in exclude]}
     (run / "run.json").write_text(json.dumps(record, indent=1))
     with open(run / "log.txt", "a", encoding="utf-8") as handle:
         def log(msg: str) -> None:
